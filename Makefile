@@ -1,0 +1,32 @@
+# kdjax: `make demo` and `make test` install everything into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench constraints clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m experiments.run --config experiments/configs/demo.py
+
+test: install
+	$(PY) -m pytest -n 2 -q
+
+test-fast: install
+	$(PY) -m pytest -n 2 -q -m "not slow"
+
+bench: install
+	$(PY) -m experiments.bench.cohort
+
+constraints: install
+	$(PY) -m pip freeze --exclude-editable | sed '1i # Pinned, tested versions (Python 3.11, CPU). Regenerate with `make constraints`.' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
