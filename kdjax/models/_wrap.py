@@ -1,0 +1,188 @@
+"""The model protocol of the engine, and adapters for Linen, NNX and plain functions.
+
+The train steps never import a model library. They call a *forward function*::
+
+    forward(variables, x, *, train, rngs=None) -> ModelOutput(logits, features, model_state)
+
+where ``variables`` is a dict with a ``'params'`` entry plus any other
+collections (e.g. ``'batch_stats'``), ``features`` maps names to intermediate
+arrays (``'embedding'``, ``'stage1'``, ...) for feature losses, and
+``model_state`` holds the updated non-parameter collections after a training
+pass (empty in evaluation). The adapters below build such a function from a
+Flax Linen module, a Flax NNX module, or a plain ``fn(params, x)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+
+Variables = Mapping[str, Any]
+
+
+class ModelOutput(NamedTuple):
+  """What a forward function returns.
+
+  Attributes:
+    logits: ``[batch, num_classes]`` (or any ``[..., C]``) scores.
+    features: named intermediate arrays, e.g. ``{'embedding': [B, D]}``.
+    model_state: updated non-parameter collections (train mode), else ``{}``.
+  """
+  logits: jax.Array
+  features: Mapping[str, jax.Array]
+  model_state: Mapping[str, Any]
+
+
+ForwardFn = Callable[..., ModelOutput]
+
+
+def _split_output(out) -> tuple[jax.Array, Mapping[str, jax.Array]]:
+  """Accepts ``logits`` or ``(logits, features)`` from a user's model."""
+  if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping):
+    return out[0], dict(out[1])
+  return out, {}
+
+
+def flatten_intermediates(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Flattens a Linen ``'intermediates'`` collection into ``{name: array}``.
+
+  ``Module.sow`` stores a tuple per name; the last value is kept. Names sown by
+  submodules are joined with ``'/'`` (``'block1/out'``).
+
+  Args:
+    intermediates: the ``'intermediates'`` collection returned by
+      ``module.apply(..., mutable=['intermediates'])``.
+
+  Returns:
+    A flat dict of arrays.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> flatten_intermediates({'embedding': (jnp.ones(2),), 'block': {'out': (jnp.zeros(1),)}})
+    {'block/out': Array([0.], dtype=float32), 'embedding': Array([1., 1.], dtype=float32)}
+  """
+  flat = {}
+
+  def visit(prefix, node):
+    if isinstance(node, tuple):
+      flat[prefix] = node[-1]
+    elif isinstance(node, Mapping):
+      for key in sorted(node):
+        visit(f'{prefix}/{key}' if prefix else str(key), node[key])
+    else:
+      flat[prefix] = node
+
+  visit('', intermediates)
+  return flat
+
+
+def linen_forward(module: nn.Module, *, mutable: Sequence[str] = ('batch_stats',)) -> ForwardFn:
+  """Wraps a Flax Linen module whose ``__call__`` takes ``(x, train=...)``.
+
+  Features are whatever the module sows into ``'intermediates'``.
+
+  Args:
+    module: a Linen module; its ``__call__`` must accept a ``train`` keyword.
+    mutable: collections updated in training when present in ``variables``.
+
+  Returns:
+    A forward function following the protocol of this module.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train=False):
+    ...     h = nn.relu(nn.Dense(4)(x))
+    ...     self.sow('intermediates', 'embedding', h)
+    ...     return nn.Dense(3)(h)
+    >>> variables = init_variables(Net(), jax.random.key(0), jnp.ones((1, 2)))
+    >>> out = linen_forward(Net())(variables, jnp.ones((5, 2)), train=True)
+    >>> out.logits.shape, out.features['embedding'].shape, dict(out.model_state)
+    ((5, 3), (5, 4), {})
+  """
+  mutable = tuple(mutable)
+
+  def forward(variables, x, *, train: bool, rngs=None) -> ModelOutput:
+    cols = ['intermediates'] + ([c for c in mutable if c in variables] if train else [])
+    out, updated = module.apply(variables, x, train=train, rngs=rngs, mutable=cols)
+    updated = dict(updated)
+    features = flatten_intermediates(updated.pop('intermediates', {}))
+    logits, extra = _split_output(out)
+    return ModelOutput(logits, {**features, **extra}, updated)
+
+  forward.module = module
+  return forward
+
+
+def function_forward(fn: Callable[..., Any]) -> ForwardFn:
+  """Wraps a plain ``fn(params, x)`` returning logits or ``(logits, features)``.
+
+  ``variables`` is then ``{'params': params}``; the function has no mutable state.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> fwd = function_forward(lambda p, x: x @ p['w'])
+    >>> fwd({'params': {'w': jnp.eye(2)}}, jnp.ones((1, 2)), train=False).logits
+    Array([[1., 1.]], dtype=float32)
+  """
+
+  def forward(variables, x, *, train: bool, rngs=None) -> ModelOutput:
+    del train, rngs
+    logits, features = _split_output(fn(variables['params'], x))
+    return ModelOutput(logits, features, {})
+
+  return forward
+
+
+def nnx_forward(graphdef) -> ForwardFn:
+  """Wraps a Flax NNX model given by ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``.
+
+  ``variables`` is ``{'params': params}`` plus ``{'state': rest}`` when the model
+  has non-parameter state (e.g. BatchNorm statistics). The model's
+  ``__call__(x)`` returns logits or ``(logits, features)``. Train/eval mode is
+  switched with ``model.train()`` / ``model.eval()`` on the merged copy; an
+  ``nnx.Rngs`` held by the model supplies dropout randomness.
+
+  Examples:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> graphdef, params = nnx.split(model, nnx.Param)
+    >>> nnx_forward(graphdef)({'params': params}, jnp.ones((1, 2)), train=False).logits.shape
+    (1, 3)
+  """
+  from flax import nnx  # Imported lazily: most users run Linen.
+
+  def forward(variables, x, *, train: bool, rngs=None) -> ModelOutput:
+    del rngs
+    states = [variables['params']] + ([variables['state']] if 'state' in variables else [])
+    model = nnx.merge(graphdef, *states, copy=True)
+    model.train() if train else model.eval()
+    logits, features = _split_output(model(x))
+    model_state = {}
+    if train and 'state' in variables:
+      _, _, rest = nnx.split(model, nnx.Param, ...)
+      model_state = {'state': rest}
+    return ModelOutput(logits, features, model_state)
+
+  return forward
+
+
+def as_forward(model: Any) -> ForwardFn:
+  """Returns ``model`` as a forward function: Linen modules are wrapped, others pass through."""
+  if isinstance(model, nn.Module):
+    return linen_forward(model)
+  if not callable(model):
+    raise ValueError(f'`model` must be a Flax Linen module or a forward function, got {model!r}.')
+  return model
+
+
+def init_variables(module: nn.Module, rng: jax.Array, sample_x, **kwargs) -> dict:
+  """Initialises a Linen module in eval mode and drops the ``'intermediates'`` collection."""
+  variables = dict(module.init(rng, sample_x, train=False, **kwargs))
+  variables.pop('intermediates', None)
+  return variables
+
