@@ -60,7 +60,9 @@ class Checkpointer:
     ])
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=_ITEMS,
-        options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True))
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=policy, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+            create=True))
 
   def save(self, step: int, state: Any, *, data_state: Optional[Mapping[str, Any]] = None,
            metrics: Optional[Mapping[str, float]] = None,
