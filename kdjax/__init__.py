@@ -1,5 +1,28 @@
-"""kdjax: functional knowledge distillation for JAX and Flax."""
+"""kdjax: functional knowledge distillation for JAX and Flax.
 
+The functional core is three modules: :mod:`kdjax.losses` (pure loss
+functions), :mod:`kdjax.state` (the student's train state) and
+:mod:`kdjax.steps` (jit-able train/eval steps built from loss terms).
+Around it: :mod:`kdjax.models` (Flax zoo and the model protocol),
+:mod:`kdjax.data` (TFDS + grain), :mod:`kdjax.checkpoint` (orbax),
+:mod:`kdjax.train` (the fit loop) and :mod:`kdjax.runs` (one run, one call).
+"""
+
+from kdjax import checkpoint
 from kdjax import losses
+from kdjax import models
+from kdjax import state
+from kdjax import steps
+from kdjax import train
+from kdjax.checkpoint import Checkpointer
+from kdjax.checkpoint import load_variables
+from kdjax.state import TrainState
+from kdjax.steps import Term
+from kdjax.steps import hint
+from kdjax.steps import make_distill_step
+from kdjax.steps import make_eval_step
+from kdjax.steps import make_train_step
+from kdjax.steps import soft_kd
+from kdjax.steps import task_ce
 
 __version__ = '0.1.0'

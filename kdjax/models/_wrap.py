@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 
+from kdjax.models._utils import get_features
+
 Variables = Mapping[str, Any]
 
 
@@ -43,39 +45,6 @@ def _split_output(out) -> tuple[jax.Array, Mapping[str, jax.Array]]:
   if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping):
     return out[0], dict(out[1])
   return out, {}
-
-
-def flatten_intermediates(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
-  """Flattens a Linen ``'intermediates'`` collection into ``{name: array}``.
-
-  ``Module.sow`` stores a tuple per name; the last value is kept. Names sown by
-  submodules are joined with ``'/'`` (``'block1/out'``).
-
-  Args:
-    intermediates: the ``'intermediates'`` collection returned by
-      ``module.apply(..., mutable=['intermediates'])``.
-
-  Returns:
-    A flat dict of arrays.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> flatten_intermediates({'embedding': (jnp.ones(2),), 'block': {'out': (jnp.zeros(1),)}})
-    {'block/out': Array([0.], dtype=float32), 'embedding': Array([1., 1.], dtype=float32)}
-  """
-  flat = {}
-
-  def visit(prefix, node):
-    if isinstance(node, tuple):
-      flat[prefix] = node[-1]
-    elif isinstance(node, Mapping):
-      for key in sorted(node):
-        visit(f'{prefix}/{key}' if prefix else str(key), node[key])
-    else:
-      flat[prefix] = node
-
-  visit('', intermediates)
-  return flat
 
 
 def linen_forward(module: nn.Module, *, mutable: Sequence[str] = ('batch_stats',)) -> ForwardFn:
@@ -109,7 +78,7 @@ def linen_forward(module: nn.Module, *, mutable: Sequence[str] = ('batch_stats',
     cols = ['intermediates'] + ([c for c in mutable if c in variables] if train else [])
     out, updated = module.apply(variables, x, train=train, rngs=rngs, mutable=cols)
     updated = dict(updated)
-    features = flatten_intermediates(updated.pop('intermediates', {}))
+    features = get_features(updated.pop('intermediates', {}))
     logits, extra = _split_output(out)
     return ModelOutput(logits, {**features, **extra}, updated)
 

@@ -1,0 +1,77 @@
+"""Flax Linen model zoo for distillation experiments.
+
+Every model is called as ``model.apply(variables, x, train=False)``, takes
+channels-last inputs and returns ``[B, num_classes]`` logits. Models with
+BatchNorm keep running statistics in the ``'batch_stats'`` collection, updated
+only when ``train=True`` (``mutable=['batch_stats']``); WRN dropout uses the
+``'dropout'`` rng.
+
+Named features (each stage's output ``'stage1'``, ``'stage2'``, ... or the
+MLP's ``'hidden1'``, ...; and ``'embedding'``, the input of the final Dense)
+are sown into the ``'intermediates'`` collection during ``apply`` (not during
+``init``). Ask for that collection and flatten it with :func:`get_features`:
+
+>>> import jax, jax.numpy as jnp
+>>> from kdjax import models
+>>> model = models.create('cnn1d', num_classes=10)
+>>> x = jnp.zeros((2, 40))
+>>> variables = model.init(jax.random.key(0), x)
+>>> logits, state = model.apply(variables, x, mutable=['intermediates'])
+>>> feats = models.get_features(state['intermediates'])
+>>> feats['stage2'].shape, feats['embedding'].shape
+((2, 10, 25), (2, 125))
+
+A CIFAR ResNet works the same way; its ``'stage2'`` is ``[B, 16, 16, 32]``
+for ``resnet20`` on ``[B, 32, 32, 3]`` inputs. Feature shapes can be read
+without computing anything via ``jax.eval_shape(functools.partial(
+model.apply, mutable=['intermediates']), variables, x)``.
+
+In training, also make ``'batch_stats'`` mutable:
+``model.apply(variables, x, train=True, mutable=['batch_stats', 'intermediates'])``.
+"""
+
+# Models.
+from kdjax.models._cnn1d import CNN1D
+from kdjax.models._mlp import MLP
+from kdjax.models._plain_cnn import PlainCNN
+from kdjax.models._resnet import BasicBlock
+from kdjax.models._resnet import CifarResNet
+from kdjax.models._resnet import resnet8
+from kdjax.models._resnet import resnet14
+from kdjax.models._resnet import resnet20
+from kdjax.models._resnet import resnet32
+from kdjax.models._resnet import resnet44
+from kdjax.models._resnet import resnet56
+from kdjax.models._resnet import resnet110
+from kdjax.models._resnet import resnet8x4
+from kdjax.models._resnet import resnet32x4
+from kdjax.models._wrn import WideBasicBlock
+from kdjax.models._wrn import WRN
+from kdjax.models._wrn import wrn_16_1
+from kdjax.models._wrn import wrn_16_2
+from kdjax.models._wrn import wrn_16_4
+from kdjax.models._wrn import wrn_28_4
+from kdjax.models._wrn import wrn_28_10
+from kdjax.models._wrn import wrn_40_1
+from kdjax.models._wrn import wrn_40_2
+from kdjax.models._wrn import wrn_40_4
+
+# Registry and utilities.
+from kdjax.models._registry import create
+from kdjax.models._registry import list_models
+from kdjax.models._registry import register
+from kdjax.models._utils import count_params
+from kdjax.models._utils import flops
+from kdjax.models._utils import get_features
+from kdjax.models._utils import sow_feature
+
+# [one/byot: names here]
+# The model protocol of the train steps, and adapters.
+from kdjax.models._wrap import ForwardFn
+from kdjax.models._wrap import ModelOutput
+from kdjax.models._wrap import as_forward
+from kdjax.models._wrap import function_forward
+from kdjax.models._wrap import init_variables
+from kdjax.models._wrap import linen_forward
+from kdjax.models._wrap import nnx_forward
+# [wrappers: names here]
