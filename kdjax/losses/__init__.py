@@ -9,13 +9,43 @@ argument at trace time. See ``docs/losses.md`` for the full table.
 """
 
 # Logit losses.
+from kdjax.losses._logits import class_similarity_distillation
 from kdjax.losses._logits import cross_entropy
+from kdjax.losses._logits import decoupled_kd
+from kdjax.losses._logits import dist_loss
 from kdjax.losses._logits import hinton_kd
 from kdjax.losses._logits import kl_distillation
+from kdjax.losses._logits import mutual_kl
+from kdjax.losses._logits import teacher_label_smoothing
+from kdjax.losses._logits import topk_distillation
 # [logits: more names here]
 
 # Feature, embedding and relational losses.
+from kdjax.losses._features import attention_transfer
+from kdjax.losses._features import factor_transfer
+from kdjax.losses._features import fsp_loss
+from kdjax.losses._features import fsp_matrix
+from kdjax.losses._features import hint_l2
+from kdjax.losses._features import nst_mmd
+from kdjax.losses._features import vid
+from kdjax.losses._relational import cc_loss
+from kdjax.losses._relational import crd_nce
+from kdjax.losses._relational import pkt
+from kdjax.losses._relational import rkd_angle
+from kdjax.losses._relational import rkd_distance
+from kdjax.losses._relational import similarity_preserving
 # [features: names here]
 
 # Task-specific losses (detection, segmentation, transformers, metric learning).
+from kdjax.losses._detection import bounded_regression
+from kdjax.losses._detection import localization_distillation
+from kdjax.losses._detection import weighted_soft_cross_entropy
+from kdjax.losses._metric import triplet_distillation
+from kdjax.losses._segmentation import gradient_penalty
+from kdjax.losses._segmentation import holistic_discriminator_loss
+from kdjax.losses._segmentation import holistic_generator_loss
+from kdjax.losses._segmentation import pairwise_similarity_kd
+from kdjax.losses._segmentation import pixelwise_kd
+from kdjax.losses._transformer import attention_kl
+from kdjax.losses._transformer import hidden_state_mse
 # [tasks: names here]
