@@ -1,0 +1,1 @@
+"""kdjax experiments: configs, runners and results (not part of the library)."""

@@ -1,0 +1,53 @@
+"""Datasets, grain pipelines, transfer sets and augmentation.
+
+Every dataset is read as a random-access source of standardised examples
+``{'x': float32 input, 'label': int32, 'id': int32}`` (``'x'`` is always the
+model input, already normalised), then batched by a deterministic grain
+pipeline whose iterator state can be checkpointed::
+
+  src = kdjax.data.load('mnist1d', 'train', data_dir=...)
+  ds = kdjax.data.make_pipeline(src, batch_size=100, seed=0)
+  it = iter(ds)           # it.get_state() / it.set_state(...)
+  batch = next(it)        # {'x', 'label', 'id', 'mask', 'epoch'}
+
+Local datasets (``mnist1d``, ``mnist1d/transfer``, ``digits``) are generated
+into ``data_dir`` on first use without network or TensorFlow; other TFDS
+datasets must already be prepared in array_record format unless
+``download=True``.
+"""
+
+# Loading.
+from kdjax.data._sources import DatasetMeta
+from kdjax.data._sources import DatasetNotPreparedError
+from kdjax.data._sources import Source
+from kdjax.data._sources import dataset_info
+from kdjax.data._sources import load
+from kdjax.data._sources import load_tf
+from kdjax.data._sources import prepare
+from kdjax.data._sources import tensorflow_available
+
+# Local TFDS builders.
+from kdjax.data._builders import Digits
+from kdjax.data._builders import Mnist1d
+from kdjax.data._builders import Mnist1dConfig
+from kdjax.data._builders import digits_split
+from kdjax.data._builders import generate_mnist1d
+from kdjax.data._builders import mnist1d_config
+from kdjax.data._builders import near_duplicates
+
+# Pipelines.
+from kdjax.data._pipeline import batches_per_epoch
+from kdjax.data._pipeline import epoch_order
+from kdjax.data._pipeline import make_pipeline
+
+# Transfer sets.
+from kdjax.data._transfer import transfer_set
+
+# Augmentation.
+from kdjax.data._augment import ImageAugment
+from kdjax.data._augment import SequenceAugment
+from kdjax.data._augment import augmentation
+from kdjax.data._augment import example_keys
+from kdjax.data._augment import random_crop_flip
+from kdjax.data._augment import random_shift
+from kdjax.data._augment import uniforms
