@@ -84,7 +84,7 @@ def run(config) -> list[dict]:
       print(f'Transfer set: {len(transfer)} unlabeled inputs ({time.perf_counter() - t0:.1f}s).')
       res = runs.train_and_evaluate(
           student, train_data=transfer, num_steps=config.transfer.num_steps,
-          learning_rate=config.student.learning_rate,
+          learning_rate=config.transfer.learning_rate,
           terms=(steps.soft_kd(1.0, temperature=config.transfer.temperature),),
           teacher=teacher, teacher_checkpoint=teacher_ckpt,
           workdir=os.path.join(config.workdir, 'transfer'), desc='student (transfer KD)',

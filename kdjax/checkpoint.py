@@ -9,6 +9,7 @@ teacher is referenced, never copied).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping, Optional
 
@@ -18,6 +19,16 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 _ITEMS = ('state', 'data', 'meta')
+
+
+class _QuietUnrankedSaves(logging.Filter):
+  """Drops orbax's warning for saves without metrics: they are kept as "latest" only."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'did not provide metrics' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_QuietUnrankedSaves())
 
 
 class Checkpointer:

@@ -22,19 +22,20 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c.progress = True
 
   c.teacher = ml_collections.ConfigDict(dict(
-      model='cnn1d', model_kwargs={}, num_steps=3000, learning_rate=3e-3))
+      model='cnn1d', model_kwargs={}, num_steps=5000, learning_rate=1e-2))
   c.student = ml_collections.ConfigDict(dict(
-      model='mlp', model_kwargs={'hidden': (100, 100)}, num_steps=3000, learning_rate=1e-3))
+      model='mlp', model_kwargs={'hidden': (100, 100)}, num_steps=3000, learning_rate=3e-3))
+  # Learning rates were picked in a small sweep (Adam, cosine decay); see README.
   # alpha weights the hard-label CE: loss = alpha*CE + (1-alpha)*tau^2*KL.
   c.kd = ml_collections.ConfigDict(dict(temperature=4.0, alpha=0.1))
   c.transfer = ml_collections.ConfigDict(dict(
-      num_samples=50_000, seed=1, num_steps=6000, temperature=4.0))
+      num_samples=50_000, seed=1, num_steps=10_000, temperature=2.0, learning_rate=1e-2))
 
   if mode == 'long':
-    c.teacher.num_steps = 8000
-    c.student.num_steps = 8000
+    c.teacher.num_steps = 10_000
+    c.teacher.model_kwargs = {'channels': 32}
     c.transfer.num_samples = 200_000
-    c.transfer.num_steps = 20_000
+    c.transfer.num_steps = 40_000
     c.workdir = 'runs/demo_long'
   elif mode == 'quick':
     c.teacher.num_steps = 200
