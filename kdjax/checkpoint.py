@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -36,14 +36,16 @@ class Checkpointer:
 
   Orbax writes each step to a temporary directory and renames it when
   complete, so a run killed mid-save never leaves a corrupt "latest"
-  checkpoint. Kept: the ``max_to_keep`` most recent steps plus the best one by
-  ``best_metric`` (when metrics are given to :meth:`save`).
+  checkpoint. Kept: the ``max_to_keep`` most recent steps, the best one by
+  ``best_metric`` (when metrics are given to :meth:`save`), and every step in
+  ``keep_steps`` (e.g. early-stopped teachers for ESKD).
 
   Args:
     directory: the run's checkpoint directory (created if missing).
     max_to_keep: how many of the most recent checkpoints to keep.
     best_metric: metric key that ranks checkpoints for the "best" one.
     best_mode: ``'max'`` or ``'min'``.
+    keep_steps: steps that are never deleted once saved.
 
   Examples:
     >>> import tempfile, jax.numpy as jnp
@@ -56,14 +58,17 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2,
-               best_metric: str = 'accuracy', best_mode: str = 'max'):
+               best_metric: str = 'accuracy', best_mode: str = 'max',
+               keep_steps: Sequence[int] = ()):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"`best_mode` must be 'max' or 'min', got {best_mode!r}.")
     if max_to_keep < 1:
       raise ValueError(f'`max_to_keep` must be >= 1, got {max_to_keep}.')
     self.directory = os.path.abspath(os.fspath(directory))
     self.best_metric = best_metric
-    policy = checkpoint_managers.AnyPreservationPolicy([
+    self.keep_steps = tuple(int(s) for s in keep_steps)
+    policies = [checkpoint_managers.CustomSteps(self.keep_steps)] if self.keep_steps else []
+    policy = checkpoint_managers.AnyPreservationPolicy(policies + [
         checkpoint_managers.LatestN(n=max_to_keep),
         checkpoint_managers.BestN(
             get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=1,

@@ -96,6 +96,7 @@ def train_and_evaluate(
     transform: Optional[Callable] = None,
     workdir: Optional[str] = None,
     checkpoint_every: int = 1000,
+    keep_steps: Sequence[int] = (),
     eval_every: Optional[int] = None,
     eval_batch_size: int = 500,
     log_every: int = 100,
@@ -127,6 +128,8 @@ def train_and_evaluate(
       metrics CSV and TensorBoard events. A run whose workdir already has
       checkpoints resumes from the latest one. ``None``: nothing on disk.
     checkpoint_every: checkpoint period in steps.
+    keep_steps: steps whose checkpoints are saved, evaluated and never deleted
+      (e.g. to distill later from an early-stopped teacher, ``teacher_step``).
     eval_every: evaluation period in steps (``None``: only at the end).
     eval_batch_size: evaluation batch size (the last batch is padded and
       masked, so every example counts once).
@@ -179,7 +182,7 @@ def train_and_evaluate(
   checkpoint_dir = None
   if workdir is not None:
     checkpoint_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    ckpt = checkpoint.Checkpointer(checkpoint_dir)
+    ckpt = checkpoint.Checkpointer(checkpoint_dir, keep_steps=keep_steps)
     writer = train.MetricWriter(workdir)
   meta = {'teacher_checkpoint': os.path.abspath(teacher_checkpoint) if teacher_checkpoint
           else None, 'teacher_step': teacher_step, 'seed': seed, 'num_steps': num_steps}
@@ -187,7 +190,8 @@ def train_and_evaluate(
     result = train.fit(
         state, step_fn, data_iter, num_steps=num_steps, rng=step_rng,
         teacher_variables=teacher_variables if needs_teacher else None, checkpointer=ckpt,
-        checkpoint_every=checkpoint_every, meta=meta, eval_fn=eval_fn, eval_every=eval_every,
+        checkpoint_every=checkpoint_every, save_steps=keep_steps, meta=meta, eval_fn=eval_fn,
+        eval_every=eval_every,
         writer=writer, log_every=log_every, progress=progress, desc=desc)
   finally:
     if ckpt is not None:

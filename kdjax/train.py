@@ -14,7 +14,7 @@ import csv
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -137,7 +137,7 @@ class NonFiniteError(FloatingPointError):
 def fit(state: Any, step_fn: Callable, data: Iterator[Mapping[str, Any]], *,
         num_steps: int, rng: jax.Array, teacher_variables: Any = None,
         checkpointer: Optional[Checkpointer] = None, checkpoint_every: int = 500,
-        meta: Optional[Mapping[str, Any]] = None,
+        save_steps: Sequence[int] = (), meta: Optional[Mapping[str, Any]] = None,
         eval_fn: Optional[Callable[[Any], Mapping[str, float]]] = None,
         eval_every: Optional[int] = None, writer: Optional[MetricWriter] = None,
         log_every: int = 100, progress: bool = True, desc: str = 'train',
@@ -154,6 +154,9 @@ def fit(state: Any, step_fn: Callable, data: Iterator[Mapping[str, Any]], *,
     teacher_variables: frozen teacher variables passed to every step.
     checkpointer: where to save and resume from; ``None`` disables both.
     checkpoint_every: save every this many steps (and at the end).
+    save_steps: further steps to save at (and evaluate at, when ``eval_fn`` is
+      given), e.g. the checkpoints of an early-stopped teacher; give them to the
+      checkpointer's ``keep_steps`` too so they are not deleted.
     meta: JSON record saved with each checkpoint (e.g. the teacher's path).
     eval_fn: ``eval_fn(state) -> metrics``, run every ``eval_every`` steps and
       at the end; its metrics rank the "best" checkpoint.
@@ -216,12 +219,14 @@ def fit(state: Any, step_fn: Callable, data: Iterator[Mapping[str, Any]], *,
       bar.set_postfix(shown, refresh=False)
     bar.update(1)
     eval_metrics = None
-    if eval_fn is not None and ((eval_every and done % eval_every == 0) or done == num_steps):
+    special = done in save_steps
+    if eval_fn is not None and (
+        (eval_every and done % eval_every == 0) or done == num_steps or special):
       eval_metrics = dict(eval_fn(state))
       eval_history.append({'step': done, **eval_metrics})
       if writer is not None:
         writer.write(done, eval_metrics, split='eval')
-    if done % checkpoint_every == 0 or done == num_steps:
+    if done % checkpoint_every == 0 or done == num_steps or special:
       save(done, eval_metrics)
   bar.close()
   if checkpointer is not None:

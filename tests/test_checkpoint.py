@@ -131,3 +131,17 @@ def test_fit_logs_csv_and_tensorboard(tmp_path):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
   assert [h['step'] for h in result.history] == [2, 4]
   assert result.eval_history[-1]['step'] == 4
+
+
+def test_keep_steps_survive_and_early_teacher_loads(tmp_path):
+  step = jax.jit(steps.make_train_step())
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=1, keep_steps=(3,)) as ckpt:
+    result = train.fit(_state(), step, _Batches(), num_steps=10, rng=jax.random.key(0),
+                       checkpointer=ckpt, checkpoint_every=5, save_steps=(3,), progress=False,
+                       log_every=5)
+    assert ckpt.all_steps() == [3, 10]
+  early = checkpoint.load_variables(tmp_path, step=3)
+  final = checkpoint.load_variables(tmp_path)
+  assert not np.allclose(early['params']['dense1']['kernel'],
+                         final['params']['dense1']['kernel'])
+  chex.assert_trees_all_equal(final['params'], jax.device_get(result.state.params))

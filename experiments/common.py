@@ -1,0 +1,123 @@
+"""Shared pieces of the experiments: seeds, mean ± std tables, plots, result paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from experiments import report
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+
+
+def results_dir(name: str) -> str:
+  """``experiments/results/<name>``, created if missing."""
+  path = os.path.join(RESULTS, name)
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def mean_std(values: Sequence[float], *, percent: bool = True, digits: int = 1) -> str:
+  """Formats ``values`` as ``'mean ± std'`` (sample std, ddof=1; 0 for one value).
+
+  Examples:
+    >>> mean_std([0.5, 0.7])
+    '60.0 ± 14.1'
+  """
+  v = np.asarray(values, np.float64) * (100.0 if percent else 1.0)
+  std = v.std(ddof=1) if v.size > 1 else 0.0
+  return f'{v.mean():.{digits}f} ± {std:.{digits}f}'
+
+
+def aggregate(records: Iterable[Mapping[str, object]], keys: Sequence[str],
+              metrics: Sequence[str], *, percent: Sequence[str] = ()) -> list[dict]:
+  """Groups per-seed ``records`` by ``keys`` and summarises ``metrics`` as mean ± std.
+
+  Each output row has the group keys, ``'seeds'`` (how many), and for each
+  metric ``m`` the formatted ``m`` plus raw ``m_mean`` and ``m_std``.
+
+  Examples:
+    >>> rows = aggregate([{'k': 'a', 'acc': 0.5}, {'k': 'a', 'acc': 0.7}], ['k'], ['acc'],
+    ...                  percent=['acc'])
+    >>> rows[0]['acc'], rows[0]['seeds']
+    ('60.0 ± 14.1', 2)
+  """
+  groups: dict[tuple, list] = {}
+  for r in records:
+    groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+  rows = []
+  for key, group in groups.items():
+    row = dict(zip(keys, key))
+    row['seeds'] = len(group)
+    for m in metrics:
+      vals = np.asarray([g[m] for g in group], np.float64)
+      row[m] = mean_std(vals, percent=m in percent, digits=1 if m in percent else 3)
+      row[f'{m}_mean'] = float(vals.mean())
+      row[f'{m}_std'] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+    rows.append(row)
+  return rows
+
+
+def save_records(records: Sequence[Mapping[str, object]], path: str) -> None:
+  """Writes the raw per-seed records as JSON (the source of every table and plot)."""
+  with open(path, 'w') as f:
+    json.dump(list(records), f, indent=1, default=float)
+
+
+def errorbar_plot(rows: Sequence[Mapping[str, object]], *, x: str, metric: str, path: str,
+                  series: str | None = None, title: str = '', xlabel: str | None = None,
+                  ylabel: str = 'test accuracy (%)', percent: bool = True,
+                  baselines: Mapping[str, float] | None = None,
+                  xscale: str | None = None) -> None:
+  """Plots ``metric`` mean ± std against ``x`` (one line per ``series``) into a PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  scale = 100.0 if percent else 1.0
+  fig, ax = plt.subplots(figsize=(6, 4))
+  groups: dict[object, list] = {}
+  for r in rows:
+    groups.setdefault(r[series] if series else '', []).append(r)
+  categorical = any(isinstance(r[x], str) for r in rows)
+  for name, group in groups.items():
+    xs = [r[x] for r in group]
+    pos = list(range(len(xs))) if categorical else xs
+    ax.errorbar(pos, [scale * r[f'{metric}_mean'] for r in group],
+                yerr=[scale * r[f'{metric}_std'] for r in group], marker='o', capsize=3,
+                label=str(name) if series else None)
+    if categorical:
+      ax.set_xticks(pos, [str(v) for v in xs], rotation=20)
+  for label, value in (baselines or {}).items():
+    ax.axhline(scale * value, linestyle='--', linewidth=1, color='gray')
+    ax.annotate(label, (0.01, scale * value), xycoords=('axes fraction', 'data'),
+                fontsize=8, va='bottom')
+  if xscale:
+    ax.set_xscale(xscale)
+  ax.set_xlabel(xlabel or x)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  if series:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_results(name: str, rows: Sequence[Mapping[str, object]], columns: Sequence[str], *,
+                  title: str, finding: str, verdict: str, command: str,
+                  notes: str = '') -> str:
+  """Writes ``results/<name>/results.{md,csv}`` with the finding tested and the verdict."""
+  text = (f'**Finding tested:** {finding}\n\n**Verdict on our data:** {verdict}\n\n'
+          f'**Regenerate:** `{command}`\n\n{notes}')
+  return report.write_table(rows, columns, os.path.join(results_dir(name), 'results'),
+                            title=title, notes=text)
+
+
+def run_seeds(fn: Callable[[int], Mapping[str, object]], seeds: Sequence[int]) -> list[dict]:
+  """Calls ``fn(seed)`` for each seed and returns the records with ``'seed'`` added."""
+  return [{'seed': s, **fn(s)} for s in seeds]
