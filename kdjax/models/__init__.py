@@ -65,6 +65,23 @@ from kdjax.models._utils import flops
 from kdjax.models._utils import get_features
 from kdjax.models._utils import sow_feature
 
+from kdjax.models._one import ONE
+from kdjax.models._one import ONEBranch
+from kdjax.models._one import CNN1DBranch
+from kdjax.models._one import CNN1DTrunk
+from kdjax.models._one import ResNetBranch
+from kdjax.models._one import ResNetTrunk
+from kdjax.models._one import export_branch
+from kdjax.models._one import one_cnn1d
+from kdjax.models._one import one_resnet
+from kdjax.models._byot import BYOT
+from kdjax.models._byot import CNN1DExitHead
+from kdjax.models._byot import Conv1DStage
+from kdjax.models._byot import ResNetExitHead
+from kdjax.models._byot import ResNetStage
+from kdjax.models._byot import ResNetStem
+from kdjax.models._byot import byot_cnn1d
+from kdjax.models._byot import byot_resnet
 # [one/byot: names here]
 # The model protocol of the train steps, and adapters.
 from kdjax.models._wrap import ForwardFn
