@@ -27,8 +27,10 @@ def ref_distance(a, b, kind):
     return np.linalg.norm(a - b, axis=-1)
   if kind == 'squared_euclidean':
     return np.sum((a - b)**2, axis=-1)
-  cos = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-  return 1.0 - cos
+  # Norms clamped away from 0 as documented: a zero vector has cosine 0 to anything.
+  eps = np.finfo(np.float32).tiny ** 0.5
+  norm = lambda x: np.maximum(np.linalg.norm(x, axis=-1), eps)
+  return 1.0 - np.sum(a * b, -1) / (norm(a) * norm(b))
 
 
 def ref_triplet(a, p, n, margin, kind):
