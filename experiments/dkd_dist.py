@@ -1,0 +1,146 @@
+"""Experiment 7: DKD and DIST vs classic KD (and scratch) on MNIST-1D and digits.
+
+No seed finding is about DKD or DIST; they are the peers' standard logit
+methods (METHODS.md §A, "Peers' standards"). Their papers claim to beat KD:
+DKD (Zhao et al. 2022, arXiv:2203.08679) replaces KD's coupling weight
+``1 − p_T,y`` of the non-target term by a constant β; DIST (Huang et al.
+2022, arXiv:2205.10536) matches Pearson correlations of the probabilities
+across classes (per example) and across the batch (per class), a
+batch-level loss. The table says whether either beats KD here, and
+whether each beats scratch (the first finding of METHODS.md §C).
+
+Objectives (each paper's form; CE weight 1 as in both papers):
+
+* KD: ``α·CE + (1−α)·τ²·KL`` (α = 0.1, τ = 4, as in experiment 1);
+* DKD: ``CE + w(step)·(α_dkd·τ²·TCKD + β·τ²·NCKD)`` with the paper's linear
+  warm-up of the DKD weight ``w`` (a Term weight schedule);
+* DIST: ``CE + τ²·(β·inter + γ·intra)``, a scalar per batch (the step treats
+  it as a batch-level term).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax.numpy as jnp
+
+from experiments import common
+from experiments import temperature as base
+from kdjax import losses
+from kdjax import steps
+
+COLUMNS = ('dataset', 'method', 'setting', 'seeds', base.ACC, base.DELTA, 'Δ vs KD (paired)',
+           base.AGREE)
+
+
+def warmup(steps_: int):
+  """Linear warm-up ``step -> min(step / steps_, 1)`` (DKD's schedule, in steps)."""
+  if steps_ <= 0:
+    return 1.0
+  return lambda step: jnp.minimum(step.astype(jnp.float32) / steps_, 1.0)
+
+
+def methods(config) -> list[tuple[str, str, tuple]]:
+  """``(method, setting, terms)`` for every compared objective (scratch: terms None)."""
+  out = [('scratch', '-', None),
+         ('KD', f'α={config.kd.alpha:g}, τ={config.kd.temperature:g}',
+          base.kd_terms(config.kd.alpha, config.kd.temperature))]
+  for d in config.dkd:
+    out.append(('DKD', f'α={d.alpha:g}, β={d.beta:g}, τ={d.temperature:g}', (
+        steps.task_ce(1.0),
+        steps.Term('dkd', losses.decoupled_kd, warmup(config.dkd_warmup_steps), labels=True,
+                   kwargs={'alpha': d.alpha, 'beta': d.beta, 'temperature': d.temperature}))))
+  for d in config.dist:
+    out.append(('DIST', f'β={d.beta:g}, γ={d.gamma:g}, τ={d.temperature:g}', (
+        steps.task_ce(1.0),
+        steps.Term('dist', losses.dist_loss, 1.0,
+                   kwargs={'beta': d.beta, 'gamma': d.gamma, 'temperature': d.temperature}))))
+  return out
+
+
+def collect(config) -> list[dict]:
+  """Trains every method for every dataset and seed; returns one record per run."""
+  records = []
+  start = time.perf_counter()
+  for dataset in config.datasets_run:
+    setup = base.train_teacher(config, dataset)
+    for seed in config.seeds:
+      for method, setting, terms in methods(config):
+        r = base.train_student(setup, config, seed, terms, desc=f'{method} {setting}')
+        records.append({'dataset': dataset, 'seed': seed, 'method': method,
+                        'setting': setting, 'teacher accuracy': setup.teacher_accuracy, **r})
+      print(f'{dataset} seed {seed} done ({time.perf_counter() - start:.0f}s)', flush=True)
+  base.add_deltas(records)
+  kd_acc = {(r['dataset'], r['seed']): r['accuracy'] for r in records if r['method'] == 'KD'}
+  for r in records:
+    r['vs_kd'] = r['accuracy'] - kd_acc[(r['dataset'], r['seed'])]
+  return records
+
+
+def write(config, records: list[dict]) -> list[dict]:
+  """Writes records.json, the table, plots and verdict; returns the table rows."""
+  out_dir = common.results_dir(config.results)
+  common.save_records(records, os.path.join(out_dir, 'records.json'))
+  rows = base.summarise(records, ['dataset', 'method', 'setting'])
+  vs_kd = common.aggregate(records, ['dataset', 'method', 'setting'], ['vs_kd'],
+                           percent=['vs_kd'])
+  for row, v in zip(rows, vs_kd):
+    row['vs_kd_mean'], row['vs_kd_std'] = v['vs_kd_mean'], v['vs_kd_std']
+    row['Δ vs KD (paired)'] = '-' if row['method'] in ('KD', 'scratch') else (
+        f"{100 * v['vs_kd_mean']:+.1f} ± {100 * v['vs_kd_std']:.1f}")
+  for dataset in config.datasets_run:
+    sel = [dict(r, label=f"{r['method']} {r['setting']}".strip(' -'))
+           for r in rows if r['dataset'] == dataset]
+    scratch = next(r for r in sel if r['method'] == 'scratch')
+    common.errorbar_plot([r for r in sel if r['method'] != 'scratch'], x='label',
+                         metric='accuracy', path=os.path.join(out_dir, f'{dataset}.png'),
+                         title=f'DKD and DIST vs KD on {dataset}',
+                         xlabel='objective',
+                         baselines={'scratch': scratch['accuracy_mean']})
+  verdicts = []
+  for dataset in config.datasets_run:
+    sel = [r for r in rows if r['dataset'] == dataset]
+    kd = next(r for r in sel if r['method'] == 'KD')
+    parts = []
+    for r in sel:
+      if r['method'] in ('DKD', 'DIST'):
+        wins = sum(x['vs_kd'] > 0 for x in records if x['dataset'] == dataset
+                   and x['method'] == r['method'] and x['setting'] == r['setting'])
+        parts.append(f"{r['method']} ({r['setting']}): {100 * r['vs_kd_mean']:+.1f} ± "
+                     f"{100 * r['vs_kd_std']:.1f} pp vs KD ({wins}/{r['seeds']} seeds above), "
+                     f"{100 * r['delta_mean']:+.1f} pp vs scratch")
+    def label(r):
+      return f"{r['method']} ({r['setting']})"
+    rivals = [r for r in sel if r['method'] in ('DKD', 'DIST')]
+    beats = [label(r) for r in rivals if r['vs_kd_mean'] - r['vs_kd_std'] > 0]
+    below = [label(r) for r in rivals if r['vs_kd_mean'] + r['vs_kd_std'] < 0]
+    summary = (f"beats KD beyond noise (paired mean − std > 0): {', '.join(beats)}"
+               if beats else 'neither DKD nor DIST beats KD beyond noise (paired mean − std > 0)')
+    if below:
+      summary += f"; clearly below KD (paired mean + std < 0): {', '.join(below)}"
+    verdicts.append(f"**{dataset}**: **{summary}**. KD {kd[base.ACC]}% "
+                    f"({100 * kd['delta_mean']:+.1f} pp vs scratch). {'; '.join(parts)}.")
+  common.write_results(
+      config.results, rows, COLUMNS,
+      title='DKD and DIST vs classic KD',
+      finding='No §C finding is about DKD/DIST; their papers report beating KD (DKD: Zhao et al. '
+      'CVPR 2022; DIST: Huang et al. NeurIPS 2022). The scratch column tests METHODS.md §C\'s '
+      'first finding (KD-style distillation beats the same student from scratch) for them.',
+      verdict=' '.join(verdicts), command=base.command(config),
+      notes=('KD: α·CE + (1−α)·τ²·KL. DKD: CE + w·(α·τ²·TCKD + β·τ²·NCKD) with w warmed up '
+             f'linearly over the first {config.dkd_warmup_steps} steps (the paper warms up '
+             'over 20 epochs). DIST: CE + τ²·(β·inter + γ·intra), batch-level. Settings are '
+             'the papers\' CIFAR defaults (DKD α=1, β=8, τ=4; DIST β=γ=1, τ=4) plus one '
+             'smaller β / τ each, not tuned here. Teachers, students and the paired-by-seed '
+             'design: experiments/results/temperature. Δ columns are paired differences (mean '
+             f'± std over seeds, percentage points). Training time (sum over student runs): '
+             f'{sum(r["seconds"] for r in records):.0f} s. Raw numbers: records.json; plots: '
+             '<dataset>.png.'))
+  return rows
+
+
+def run(config) -> list[dict]:
+  """Runs every method for every dataset and seed; writes the results."""
+  base.fresh_results(config)
+  return write(config, collect(config))
