@@ -1,0 +1,252 @@
+"""TAKD on MNIST-1D: does a teacher assistant beat direct KD when the gap is large?
+
+A ladder of models (teacher first) is distilled along every path of
+:func:`kdjax.schemes.assistant_paths` (direct ``T → S``, ``T → A → S`` for each
+assistant, and the full ladder) by :func:`kdjax.schemes.takd_sweep`, for each
+configured student, with the same KD objective in every link; each student is
+also trained from scratch with the same seed (so the comparisons are paired).
+
+Usable from a notebook::
+
+    from experiments import takd
+    from experiments.configs import takd as cfg
+    rows = takd.run(cfg.get_config('quick'))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from experiments import common
+from experiments import report
+from kdjax import data as kdata
+from kdjax import models
+from kdjax import runs
+from kdjax import schemes
+
+COLUMNS = ('student', 'path', 'assistants', 'test accuracy', 'gain over scratch',
+           'vs direct KD (paired)', 'agreement w/ own teacher', 'seeds')
+GAP_COLUMNS = ('model', 'params', 'scratch', 'direct KD from teacher', 'KD gain (paired)',
+               'seeds')
+FINDING = ('TAKD (Mirzadeh et al. 2020, seed 000; METHODS.md §B–C): when the teacher/student '
+           'gap is large, distilling through a mid-sized teacher assistant beats direct KD, '
+           'and the full chain of assistants is best.')
+
+
+def load_data(config):
+  """The train/test sources (``config.data_samples`` > 0: a small generated MNIST-1D)."""
+  cfg = kdata.mnist1d_config(config.data_samples) if config.data_samples else None
+  data_dir = config.data_dir or None
+  return (kdata.load('mnist1d', 'train', data_dir=data_dir, config=cfg),
+          kdata.load('mnist1d', 'test', data_dir=data_dir, config=cfg))
+
+
+def paired(values: np.ndarray) -> str:
+  """``mean ± std`` in percentage points of per-seed differences."""
+  return common.mean_std(values)
+
+
+def verdict_of(diffs: np.ndarray) -> str:
+  """'better' / 'worse' / 'within noise': mean paired difference against 2 standard errors."""
+  if diffs.size < 2:
+    return 'one seed only'
+  se = diffs.std(ddof=1) / np.sqrt(diffs.size)
+  mean = diffs.mean()
+  if mean > 2 * se and mean > 0:
+    return 'better'
+  if mean < -2 * se and mean < 0:
+    return 'worse'
+  return 'within noise'
+
+
+def _plot_paths(rows, students, path):
+  """Student accuracy (mean ± std) by assistants, one line per student, scratch dashed."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  chains = [r for r in rows if not r['path'].endswith('(scratch)')]
+  cats = []
+  for r in sorted(chains, key=lambda r: r['path'].count('→')):
+    if r['assistants'] not in cats:
+      cats.append(r['assistants'])
+  fig, ax = plt.subplots(figsize=(7, 4))
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for i, student in enumerate(students):
+    mine = sorted((r for r in chains if r['student'] == student),
+                  key=lambda r: cats.index(r['assistants']))
+    ax.errorbar([cats.index(r['assistants']) for r in mine],
+                [100 * r['accuracy_mean'] for r in mine],
+                yerr=[100 * r['accuracy_std'] for r in mine], marker='o', capsize=3,
+                color=colors[i % len(colors)], label=f'student {student}')
+    for r in rows:
+      if r['path'] == f'{student} (scratch)':
+        ax.axhline(100 * r['accuracy_mean'], linestyle='--', linewidth=1,
+                   color=colors[i % len(colors)], label=f'{student} from scratch')
+  ax.set_xticks(range(len(cats)), cats, rotation=15, fontsize=8)
+  ax.set_xlabel('teacher assistants on the path (teacher → … → student)')
+  ax.set_ylabel('student test accuracy (%)')
+  ax.set_title('TAKD paths on MNIST-1D (mean ± std over seeds)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run(config) -> list[dict]:
+  """Runs the sweep for every seed and student; writes results/<config.results>/."""
+  t0 = time.perf_counter()
+  train_src, test_src = load_data(config)
+  names = [n for n, _, _ in config.ladder]
+  ladder = {n: models.create(m, 10, **dict(kw)) for n, m, kw in config.ladder}
+  teacher = names[0]
+  num_params = {n: models.count_params(jax.eval_shape(
+      ladder[n].init, jax.random.key(0), train_src[0]['x'][None])['params']) for n in names}
+  kd = schemes.kd_terms(config.kd.alpha, config.kd.temperature)
+  records, link_records = [], []
+  for seed in config.seeds:
+    root = os.path.join(config.workdir, f'seed{seed}')
+    scratch = {}
+    for n in (names[1:] if config.scratch_all else config.students):
+      r = runs.train_and_evaluate(
+          ladder[n], train_data=train_src, eval_data=test_src, num_steps=config.student_steps,
+          learning_rate=config.student_lr, batch_size=config.batch_size, seed=seed,
+          workdir=os.path.join(root, 'scratch', n), progress=config.progress,
+          desc=f'{n} scratch')
+      scratch[n] = r.metrics['accuracy']
+    teacher_acc = None
+    for student in config.students:
+      sub = names[:names.index(student) + 1]
+      out = schemes.takd_sweep(
+          {n: ladder[n] for n in sub}, train_data=train_src, eval_data=test_src,
+          workdir=os.path.join(root, 'chains'),
+          num_steps={n: config.teacher_steps if n == teacher else config.student_steps
+                     for n in sub},
+          learning_rate={n: config.teacher_lr if n == teacher else config.student_lr
+                         for n in sub},
+          seed=seed, batch_size=config.batch_size, terms=kd, progress=config.progress)
+      direct = out[(teacher, student)].final.metrics['accuracy']
+      for path, res in out.items():
+        acc = res.final.metrics['accuracy']
+        records.append({
+            'seed': seed, 'student': student, 'path': ' → '.join(path),
+            'assistants': ', '.join(path[1:-1]) or '— (direct KD)', 'num_links': len(path) - 1,
+            'accuracy': acc, 'gain': acc - scratch[student], 'vs_direct': acc - direct,
+            'agreement': res.final.metrics['agreement'], 'scratch': scratch[student]})
+        teacher_acc = res.links[0].metrics['accuracy']
+        x = path[1]  # the T → X link of this path: direct KD of X
+        if x in scratch:
+          link_records.append({'seed': seed, 'model': x,
+                               'kd': res.links[1].metrics['accuracy'],
+                               'scratch': scratch[x]})
+    records.append({'seed': seed, 'student': teacher, 'path': f'{teacher} (teacher, scratch)',
+                    'assistants': '', 'num_links': 0, 'accuracy': teacher_acc, 'gain': 0.0,
+                    'vs_direct': 0.0, 'agreement': 1.0, 'scratch': teacher_acc})
+    for n in config.students:
+      records.append({'seed': seed, 'student': n, 'path': f'{n} (scratch)', 'assistants': '',
+                      'num_links': 0, 'accuracy': scratch[n], 'gain': 0.0, 'vs_direct': np.nan,
+                      'agreement': np.nan, 'scratch': scratch[n]})
+
+  # Deduplicate link records (a T → X link appears in several paths of one seed).
+  seen, links = set(), []
+  for r in link_records:
+    if (r['seed'], r['model']) not in seen:
+      seen.add((r['seed'], r['model']))
+      links.append({**r, 'gain': r['kd'] - r['scratch']})
+
+  agg = common.aggregate(records, ['student', 'path', 'assistants'],
+                         ['accuracy', 'gain', 'vs_direct', 'agreement'],
+                         percent=['accuracy', 'gain', 'vs_direct', 'agreement'])
+  rows = []
+  for r in agg:
+    is_chain = '(' not in r['path']
+    rows.append({
+        **r, 'test accuracy': r['accuracy'],
+        'gain over scratch': r['gain'] if is_chain else '—',
+        'vs direct KD (paired)': (r['vs_direct'] if is_chain and '(direct' not in r['assistants']
+                                  else '—'),
+        'agreement w/ own teacher': r['agreement'] if is_chain else '—'})
+  order = {n: i for i, n in enumerate(names)}
+  rows.sort(key=lambda r: (-order[r['student']] if r['student'] != teacher else -99,
+                           '(' not in r['path'], r['path'].count('→'), r['path']))
+
+  gap = common.aggregate(links, ['model'], ['scratch', 'kd', 'gain'],
+                         percent=['scratch', 'kd', 'gain'])
+  gap.sort(key=lambda r: order[r['model']])
+  for r in gap:
+    r.update({'params': f'{num_params[r["model"]]:,}', 'direct KD from teacher': r['kd'],
+              'KD gain (paired)': r['gain']})
+
+  out_dir = common.results_dir(config.results)
+  common.save_records(records + [{'kind': 'direct_link', **r} for r in links],
+                      os.path.join(out_dir, 'records.json'))
+  _plot_paths([r for r in rows if '(' not in r['path'] or r['path'].endswith('(scratch)')],
+              config.students, os.path.join(out_dir, 'takd_paths.png'))
+  common.errorbar_plot(
+      [{**r, 'params': num_params[r['model']]} for r in gap], x='params', metric='gain',
+      path=os.path.join(out_dir, 'kd_gain_vs_size.png'), xscale='log',
+      title=f'Direct KD from {teacher}: gain over scratch by student size',
+      xlabel='student parameters', ylabel='KD − scratch (accuracy points)')
+
+  # The verdict, from the per-seed paired differences against direct KD.
+  lines, full_parts, best_parts = [], [], []
+  for student in config.students:
+    per_path = {}
+    for r in records:
+      if r['student'] == student and r['num_links'] >= 2:
+        per_path.setdefault(r['path'], []).append(r['vs_direct'])
+    for path, diffs in per_path.items():
+      d = np.asarray(diffs)
+      lines.append(f'{path}: {paired(d)} points vs direct KD, better in {int(np.sum(d > 0))}/'
+                   f'{d.size} seeds → {verdict_of(d)}')
+    if per_path:
+      full_path = max(per_path, key=lambda p: p.count('→'))
+      d = np.asarray(per_path[full_path])
+      full_parts.append(f'{student} {paired(d)} ({verdict_of(d)}, better in '
+                        f'{int(np.sum(d > 0))}/{d.size} seeds)')
+      best = max(per_path, key=lambda p: np.mean(per_path[p]))
+      best_parts.append(f'{student}: {best} ({paired(np.asarray(per_path[best]))})')
+  significant = [l for l in lines if l.endswith('→ better')]
+  summary = (
+      f'{"Partly reproduced" if significant else "Not reproduced"} ({len(config.seeds)} seeds, '
+      'paired by seed, criterion: mean difference beyond two standard errors). '
+      + (f'Significantly better than direct KD: {"; ".join(significant)}. ' if significant else
+         'No assistant path is significantly better than direct KD. ')
+      + f'Full ladder vs direct KD: {"; ".join(full_parts)}. Nominally best path: '
+      f'{"; ".join(best_parts)}.')
+  if len(gap) >= 2:
+    shrinks = gap[-1]['gain_mean'] < gap[0]['gain_mean']
+    summary += (
+        f' Direct KD gain over scratch by student size ({gap[0]["model"]} … {gap[-1]["model"]}): '
+        + ', '.join(f'{r["model"]} {r["gain"]}' for r in gap) + ' points, so the gain '
+        + ('shrinks' if shrinks else 'does not shrink') + ' as the teacher/student gap grows'
+        + (' and turns negative.' if gap[-1]['gain_mean'] < 0 else '.'))
+  gap_md = report.markdown_table(gap, GAP_COLUMNS)
+  notes = (
+      f'Setup: MNIST-1D ({len(train_src)} train / {len(test_src)} test), teacher '
+      f'{teacher} trained {config.teacher_steps} steps (lr {config.teacher_lr:g}), every other '
+      f'link and every scratch run {config.student_steps} steps (lr {config.student_lr:g}), '
+      f'Adam + cosine decay, batch {config.batch_size}; KD objective in every link '
+      f'α·CE + (1−α)·τ²·KL with α={config.kd.alpha:g}, τ={config.kd.temperature:g}, on the '
+      'labeled training set. Mean ± std over seeds '
+      f'{tuple(config.seeds)}; "paired" columns are per-seed differences (scratch, direct and '
+      'TA students of one seed share the initialisation and data order). Links shared by '
+      'several paths are trained once (kdjax.schemes.takd_sweep).\n\n'
+      'Paired differences against direct KD:\n\n' + '\n'.join(f'- {l}' for l in lines) +
+      '\n\n## Direct KD as the gap grows\n\nEach model distilled directly from the teacher '
+      '(the first link of its paths) against the same model from scratch:\n\n' + gap_md +
+      '\n\nPlots: `takd_paths.png`, `kd_gain_vs_size.png`. Wall time of the call that wrote '
+      'this file: '
+      f'{time.perf_counter() - t0:.0f} s (runs found complete in the workdir are restored, not '
+      'retrained).')
+  common.write_results(
+      config.results, rows, COLUMNS,
+      title='TAKD: teacher assistants vs direct KD (MNIST-1D)', finding=FINDING,
+      verdict=summary, command=f'python -m experiments.run --config experiments/configs/takd.py'
+      + ('' if config.mode == 'default' else f':{config.mode}'), notes=notes)
+  return rows
