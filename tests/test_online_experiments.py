@@ -1,0 +1,159 @@
+"""Smoke tests of the dml / one / byot experiments' 'quick' modes (results go to tmp dirs)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments import byot
+from experiments import common
+from experiments import dml
+from experiments import one
+from experiments.configs import byot as byot_config
+from experiments.configs import dml as dml_config
+from experiments.configs import one as one_config
+from kdjax import models
+from kdjax import steps
+from kdjax.state import TrainState
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+  out = tmp_path / 'results'
+  monkeypatch.setattr(common, 'RESULTS', str(out))
+  return out
+
+
+def _config(module, data_dir, tmp_path):
+  c = module.get_config('quick')
+  c.workdir = str(tmp_path / 'runs')
+  c.data_dir = data_dir
+  return c
+
+
+def _check_outputs(path, columns, rows, pngs):
+  for f in ('results.md', 'results.csv', 'records.json', *pngs):
+    assert (path / f).is_file(), f
+  md = (path / 'results.md').read_text()
+  assert '**Finding tested:**' in md and '**Verdict on our data:**' in md
+  assert '**Regenerate:**' in md
+  assert md.count('\n|') >= len(rows) + 1
+  assert all(set(columns) <= set(r) for r in rows)
+  return json.loads((path / 'records.json').read_text())
+
+
+def test_run_dir_changes_with_settings():
+  c = dml_config.get_config('quick')
+  a = dml.run_dir(c, 0, 'x', {'lr': 1e-2, 'steps': 10})
+  assert a == dml.run_dir(c, 0, 'x', {'steps': 10, 'lr': 1e-2})  # key order is irrelevant
+  assert a != dml.run_dir(c, 0, 'x', {'lr': 3e-3, 'steps': 10})
+  assert a != dml.run_dir(c, 1, 'x', {'lr': 1e-2, 'steps': 10})
+  c.workdir = ''
+  assert dml.run_dir(c, 0, 'x', {}) is None
+
+
+def test_train_loop_restores_a_complete_run(tmp_path):
+  src = [{'x': np.float32([i, 1.0]), 'label': np.int32(i % 2), 'id': np.int32(i)}
+         for i in range(8)]
+  fwd = models.function_forward(lambda p, x: x @ p['w'])
+  step = jax.jit(steps.make_train_step())
+
+  def fresh():
+    return TrainState.create(apply_fn=fwd, variables={'params': {'w': jnp.zeros((2, 2))}},
+                             tx=optax.sgd(0.1))
+
+  kw = dict(num_steps=3, batch_size=4, seed=0, workdir=str(tmp_path / 'run'))
+  first = dml.train_loop(fresh(), step, src, **kw)
+  assert first.resumed_from is None and int(first.state.step) == 3
+  again = dml.train_loop(fresh(), step, src, **kw)  # restored, not retrained
+  assert again.resumed_from == 3 and again.history == []
+  np.testing.assert_array_equal(again.state.params['w'], first.state.params['w'])
+  assert np.any(np.asarray(first.state.params['w']) != 0)
+
+
+def test_dml_quick(data_dir, tmp_path, results):
+  config = _config(dml_config, data_dir, tmp_path)
+  rows = dml.run(config)
+  records = _check_outputs(results / 'dml_quick', dml.COLUMNS, rows,
+                           ['dml_peers.png', 'dml_delta.png', 'dml_ensemble.png'])
+  seeds = set(config.seeds)
+  assert {(r['cohort'], r['peer'], r['method']) for r in records} == {
+      (c, p, m) for c, p in [('MLP ×2', 'mean of 2'), ('CNN1D + MLP', 'mean of 2'),
+                             ('CNN1D + MLP', 'CNN1D'), ('CNN1D + MLP', 'MLP')]
+      for m in ('DML', 'independent')}
+  by = {(r['seed'], r['cohort'], r['peer'], r['method']): r for r in records}
+  for (seed, cohort, peer, method), r in by.items():
+    assert seed in seeds and 0.0 <= r['accuracy'] <= 1.0
+    assert r['accuracy'] == pytest.approx(np.mean(r['peer_accuracies']))
+    if method == 'DML':  # paired: same seed, cohort and peer group
+      ind = by[(seed, cohort, peer, 'independent')]
+      assert r['delta_accuracy'] == pytest.approx(r['accuracy'] - ind['accuracy'])
+  for seed in seeds:  # the mixed cohort's mean is the mean of its two architectures
+    for method in ('DML', 'independent'):
+      parts = [by[(seed, 'CNN1D + MLP', p, method)]['accuracy'] for p in ('CNN1D', 'MLP')]
+      assert by[(seed, 'CNN1D + MLP', 'mean of 2', method)]['accuracy'] == pytest.approx(
+          np.mean(parts))
+
+
+def test_one_quick(data_dir, tmp_path, results):
+  config = _config(one_config, data_dir, tmp_path)
+  rows = one.run(config)
+  records = _check_outputs(results / 'one_quick', one.COLUMNS, rows, ['one_branches.png'])
+  m = config.num_branches
+  for seed in config.seeds:
+    mine = [r for r in records if r['seed'] == seed]
+    kinds = {}
+    for r in mine:
+      kinds.setdefault(r['kind'], []).append(r)
+    assert len(kinds['branch']) == m and len(kinds['member']) == config.baseline_members
+    assert kinds['branch_mean'][0]['accuracy'] == pytest.approx(
+        np.mean([r['accuracy'] for r in kinds['branch']]))
+    base = np.mean([r['accuracy'] for r in kinds['member']])
+    assert kinds['single'][0]['accuracy'] == pytest.approx(base)
+    for r in mine:
+      assert r['delta'] == pytest.approx(r['accuracy'] - base)
+    for kind in ('ensemble', 'branch_ensemble'):
+      assert 0.0 <= kinds[kind][0]['disagreement'] <= 1.0
+  assert {r['evaluated'] for r in rows} >= {'gated ensemble (model output)', 'branch 0 alone',
+                                            'single model (mean over runs)'}
+
+
+def test_byot_quick(data_dir, tmp_path, results):
+  config = _config(byot_config, data_dir, tmp_path)
+  rows = byot.run(config)
+  records = _check_outputs(results / 'byot_quick', byot.COLUMNS, rows,
+                           ['byot_exits.png', 'early_exit.png', 'early_exit_variants.png',
+                            'early_exit.md', 'early_exit.csv'])
+  exits = [r for r in records if r['table'] == 'exits']
+  early = [r for r in records if r['table'] == 'early_exit']
+  names = [v[0] for v in config.variants]
+  assert {r['model'] for r in exits} == {byot.PLAIN, *names}
+  for seed in config.seeds:
+    plain = next(r for r in exits if r['seed'] == seed and r['model'] == byot.PLAIN)
+    for name in names:
+      acc = {r['exit_index']: r['accuracy'] for r in exits
+             if r['seed'] == seed and r['model'] == name}
+      assert sorted(acc) == [1, 2, 3]
+      for r in exits:
+        if r['seed'] == seed and r['model'] == name:
+          assert r['delta'] == pytest.approx(r['accuracy'] - plain['accuracy'])
+      table = {r['threshold']: r for r in early if r['seed'] == seed and r['model'] == name}
+      assert sorted(table) == sorted(config.thresholds)
+      for r in table.values():
+        assert sum(r[f'exit{k}_fraction'] for k in (1, 2, 3)) == pytest.approx(1.0)
+      # Threshold 0: every example leaves at exit 1; above 1: every one at the deepest exit.
+      assert table[0.0]['exit1_fraction'] == 1.0
+      assert table[0.0]['accuracy'] == pytest.approx(acc[1])
+      top = table[max(config.thresholds)]
+      assert top['exit3_fraction'] == 1.0 and top['relative_cost'] == pytest.approx(1.0)
+      assert top['accuracy'] == pytest.approx(acc[3])
+      costs = [table[t]['relative_cost'] for t in sorted(table)]
+      assert costs == sorted(costs)  # a higher threshold never exits earlier
