@@ -47,7 +47,9 @@ from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import init_variables
 from kdjax.state import TrainState
 from kdjax.state import select
-from kdjax.steps import _batch_mean
+from kdjax.steps import all_finite
+from kdjax.steps import batch_mean
+from kdjax.steps import pmean_model_state
 
 Peers = Union[TrainState, tuple]
 
@@ -266,11 +268,6 @@ def _vector(values, stacked: bool) -> jax.Array:
   return values if stacked else jnp.stack(values)
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
 class _PeerAxis:
   """Where this device's peers sit among all ``K`` (peer-parallel or not)."""
 
@@ -425,13 +422,6 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
   def psum(x):
     return x if axis_name is None else jax.lax.psum(x, axis_name)
 
-  def sync_model_state(tree):
-    if axis_name is None:
-      return tree
-    return jax.tree.map(
-        lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.inexact) else v,
-        tree)
-
   def step(cohort: CohortState, batch: Mapping[str, Any], rng: jax.Array):
     _check_batch(batch)
     if peer_axis_name is not None and not cohort.stacked:
@@ -447,7 +437,7 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
       keys = tuple(keys[k] for k in range(axis.local))
 
     def mean(values):  # [local, B] -> [local]: this shard's share of the exact means
-      return jax.vmap(lambda v: _batch_mean(v, mask, axis_name))(values)
+      return jax.vmap(lambda v: batch_mean(v, mask, axis_name))(values)
 
     def loss_fn(trainables):
       def forward(peer, trainable, key):
@@ -479,11 +469,11 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainables)
     per_peer, ce, kl, logits, targets, model_states = aux
     grads, per_peer, ce, kl = psum(grads), psum(per_peer), psum(ce), psum(kl)
-    model_states = sync_model_state(model_states)
+    model_states = pmean_model_state(model_states, axis_name)
 
     new_peers = _map(lambda p, g, ms: p.apply_gradients(g, model_state=ms), stacked,
                      peers, grads, model_states)
-    finite = _vector(_map(lambda l, g: _all_finite((l, g)), stacked, per_peer, grads), stacked)
+    finite = _vector(_map(lambda l, g: all_finite((l, g)), stacked, per_peer, grads), stacked)
     if skip_nonfinite:
       new_peers = _map(select, stacked, finite, new_peers, peers)
       num_updated = jnp.sum(finite.astype(jnp.int32))
@@ -506,7 +496,7 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
     metrics = {
         'loss': jnp.mean(vectors['loss']), 'ce': jnp.mean(vectors['ce']),
         'kl': jnp.mean(vectors['kl']), 'accuracy': jnp.mean(vectors['accuracy']),
-        'ensemble_accuracy': axis.from_first(psum(_batch_mean(ens_correct, mask, axis_name))),
+        'ensemble_accuracy': axis.from_first(psum(batch_mean(ens_correct, mask, axis_name))),
         'skipped': jnp.sum(vectors['skipped']),
     }
     if per_peer_metrics:

@@ -46,8 +46,9 @@ from kdjax.models._wrap import ModelOutput
 from kdjax.models._wrap import as_forward
 from kdjax.state import TrainState
 from kdjax.state import select
-from kdjax.steps import _all_finite
-from kdjax.steps import _batch_mean
+from kdjax.steps import all_finite
+from kdjax.steps import batch_mean
+from kdjax.steps import pmean_model_state
 
 ONE_FEATURE = 'branch_logits'
 EXIT_LOGITS = 'exit_logits'
@@ -334,23 +335,24 @@ def _online_step(objective: Callable[[ModelOutput, jax.Array], Mapping[str, jax.
     def loss_fn(trainable):
       out = state.apply_fn({'params': trainable['params'], **state.model_state}, x,
                            train=True, rngs={'dropout': rng})
-      parts = {k: _batch_mean(v, mask, axis_name) for k, v in objective(out, labels).items()}
+      parts = {k: batch_mean(v, mask, axis_name) for k, v in objective(out, labels).items()}
       return sum(parts.values()), (out, parts)
 
     (loss, (out, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     grads, loss, parts = psum(grads), psum(loss), psum(parts)
-    new_state = state.apply_gradients(grads, model_state=out.model_state)
-    finite = _all_finite((loss, grads))
+    new_state = state.apply_gradients(
+        grads, model_state=pmean_model_state(out.model_state, axis_name))
+    finite = all_finite((loss, grads))
     if skip_nonfinite:
       new_state = select(finite, new_state, state)
 
     metrics = {'loss': loss, **{f'loss/{k}': v for k, v in parts.items()}}
     logits = jax.lax.stop_gradient(out.logits)
-    metrics['accuracy'] = psum(_batch_mean(
+    metrics['accuracy'] = psum(batch_mean(
         (jnp.argmax(logits, -1) == labels).astype(jnp.float32), mask, axis_name))
     heads = jax.lax.stop_gradient(_feature(out, head_key, who))
     correct = (jnp.argmax(heads, -1) == labels).astype(jnp.float32)
-    head_acc = psum(jax.vmap(lambda c: _batch_mean(c, mask, axis_name))(correct))
+    head_acc = psum(jax.vmap(lambda c: batch_mean(c, mask, axis_name))(correct))
     for k in range(heads.shape[0]):
       metrics[f'accuracy/{head_prefix}{k + head_start}'] = head_acc[k]
     metrics['grad_norm'] = optax.tree.norm(grads)

@@ -273,10 +273,7 @@ def shard_map_step(step: Callable, mesh: Mesh, *, batch_argnum: Optional[int] = 
     replicated parameter would already be summed over the axis by the
     transpose, and the step's own ``psum`` would count it ``n`` times. The
     steps keep the state identical across ``data_axis`` (gradients and
-    metrics are psum'd; :func:`kdjax.cohort.make_cohort_step` also averages
-    BatchNorm statistics), so the replicated output is well defined.
-    (:func:`kdjax.steps.make_distill_step` keeps per-shard BatchNorm
-    statistics; the first shard's are returned.)
+    metrics are psum'd and BatchNorm statistics averaged), so the replicated output is well defined.
   """
   argnum, num_args = _batch_argnum(step, batch_argnum)
   if peer_axis is None:

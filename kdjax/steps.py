@@ -159,11 +159,30 @@ def _pick(output: ModelOutput, key: str, who: str) -> jax.Array:
   return output.features[key]
 
 
-def _batch_mean(values: jax.Array, mask: Optional[jax.Array], axis_name: Optional[str]):
-  """This shard's share of the global mean of a per-example loss.
+def batch_mean(values: jax.Array, mask: Optional[jax.Array] = None,
+               axis_name: Optional[str] = None) -> jax.Array:
+  """This shard's share of the exact global mean of a per-example loss.
 
-  Returns ``sum(values * mask) / global_count``; summing it over the devices
-  (``psum``) gives the exact mean over the global batch.
+  Returns ``sum(values * mask) / global_count``, where ``global_count`` is the
+  number of valid examples summed over ``axis_name``; summing the result over
+  the devices (``psum``) gives the exact mean over the global batch, however
+  the padding is spread over the shards. A rank-0 (batch-level) value is
+  divided by the number of shards instead.
+
+  Args:
+    values: ``[B, ...]`` per-example values (trailing axes are averaged) or a
+      scalar.
+    mask: optional ``[B]`` boolean mask of valid (non-padding) examples.
+    axis_name: the device axis under ``jax.pmap`` / ``jax.shard_map``, or
+      ``None`` on one device.
+
+  Returns:
+    A scalar.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> batch_mean(jnp.array([1.0, 2.0, 6.0]), jnp.array([True, True, False]))
+    Array(1.5, dtype=float32)
   """
   if values.ndim == 0:  # batch-level loss: the mean over shards
     count = 1.0 if axis_name is None else jax.lax.psum(1.0, axis_name)
@@ -175,6 +194,41 @@ def _batch_mean(values: jax.Array, mask: Optional[jax.Array], axis_name: Optiona
   if axis_name is not None:
     count = jax.lax.psum(count, axis_name)
   return jnp.sum(jnp.where(mask, per_example, 0.0)) / jnp.maximum(count, 1.0)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every element of every leaf of ``tree`` is finite, as a boolean scalar.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> bool(all_finite({'a': jnp.ones(2), 'b': (jnp.array(jnp.nan),)}))
+    False
+    >>> bool(all_finite({}))
+    True
+  """
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def pmean_model_state(model_state: Any, axis_name: Optional[str]) -> Any:
+  """Averages the floating leaves (e.g. BatchNorm statistics) over a device axis.
+
+  Data-parallel replicas see different batch shards, so their running
+  statistics differ; averaging keeps the replicas identical. Integer leaves
+  (counters) are left as they are. With ``axis_name=None`` this is the identity.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> stats = {'mean': jnp.array([[0.0], [2.0]]), 'count': jnp.array([1, 1])}
+    >>> jax.vmap(lambda s: pmean_model_state(s, 'd'), axis_name='d')(stats)['mean']
+    Array([[1.],
+           [1.]], dtype=float32)
+  """
+  if axis_name is None:
+    return model_state
+  return jax.tree.map(
+      lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.inexact) else v,
+      model_state)
 
 
 def _weight(weight: Weight, step: jax.Array) -> jax.Array:
@@ -218,7 +272,7 @@ def make_objective(terms: Sequence[Term], teacher_names: Sequence[str] = (),
               f'Term {term.name!r} needs labels, but the batch has no "label" key '
               '(a transfer-set batch is unlabeled: drop the term).')
         args.append(batch['label'])
-      value = _batch_mean(term.loss(*args, **term.kwargs), mask, axis_name)
+      value = batch_mean(term.loss(*args, **term.kwargs), mask, axis_name)
       parts[term.name] = value
       total = total + _weight(term.weight, step) * value
     return total, parts
@@ -245,11 +299,6 @@ def init_adapters(terms: Sequence[Term], student_output: ModelOutput, rng: jax.A
   return aux
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
 def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
                       axis_name: Optional[str] = None, skip_nonfinite: bool = True):
   """Builds the pure distillation step.
@@ -260,8 +309,10 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
       function (or Linen module), or ``{name: forward}`` for several teachers.
     axis_name: the device axis for data parallelism under ``jax.pmap`` or
       ``jax.shard_map``; gradients and metrics are then exact global means
-      (sums and counts are psum'd separately). Leave ``None`` under ``jax.jit``
-      with sharded inputs.
+      (sums and counts are psum'd separately), and floating non-parameter
+      state (BatchNorm statistics) is averaged over the axis so that the
+      replicas stay identical. Leave ``None`` under ``jax.jit`` with sharded
+      inputs.
     skip_nonfinite: if the loss or any gradient is non-finite, keep the old
       state (parameters, optimizer state and step) and report
       ``metrics['skipped'] = 1``.
@@ -313,8 +364,9 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
 
     (loss, (out, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
     grads, loss, parts = psum(grads), psum(loss), psum(parts)
-    new_state = state.apply_gradients(grads, model_state=out.model_state)
-    finite = _all_finite((loss, grads))
+    new_state = state.apply_gradients(
+        grads, model_state=pmean_model_state(out.model_state, axis_name))
+    finite = all_finite((loss, grads))
     if skip_nonfinite:
       new_state = select(finite, new_state, state)
 
@@ -323,14 +375,14 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
     logits = jax.lax.stop_gradient(out.logits)
     pred = jnp.argmax(logits, axis=-1)
     if 'label' in batch:
-      metrics['ce'] = psum(_batch_mean(losses.cross_entropy(logits, batch['label']), mask,
+      metrics['ce'] = psum(batch_mean(losses.cross_entropy(logits, batch['label']), mask,
                                        axis_name))
-      metrics['accuracy'] = psum(_batch_mean(
+      metrics['accuracy'] = psum(batch_mean(
           (pred == batch['label']).astype(jnp.float32), mask, axis_name))
     for name, t_out in teacher_outs.items():
-      metrics[f'agreement/{name}'] = psum(_batch_mean(
+      metrics[f'agreement/{name}'] = psum(batch_mean(
           (pred == jnp.argmax(t_out.logits, -1)).astype(jnp.float32), mask, axis_name))
-      metrics[f'kl/{name}'] = psum(_batch_mean(
+      metrics[f'kl/{name}'] = psum(batch_mean(
           losses.kl_distillation(logits, t_out.logits), mask, axis_name))
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['skipped'] = 1 - finite.astype(jnp.int32)

@@ -54,8 +54,8 @@ from kdjax.models._mlp import MLP
 from kdjax.models._wrap import linen_forward
 from kdjax.state import TrainState
 from kdjax.state import select
-from kdjax.steps import _all_finite
-from kdjax.steps import _batch_mean
+from kdjax.steps import all_finite
+from kdjax.steps import batch_mean
 
 Weight = Union[float, Callable[[jax.Array], jax.Array]]
 
@@ -617,7 +617,7 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
   aug_fns = [linen_forward(model.clone(multiplier=m, parent=None)) for m in multipliers]
 
   def ce(logits, batch):
-    return _batch_mean(losses.cross_entropy(logits, batch['label'],
+    return batch_mean(losses.cross_entropy(logits, batch['label'],
                                             label_smoothing=label_smoothing),
                        batch.get('mask'), None)
 
@@ -653,7 +653,7 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
         loss_fn, has_aux=True)(state.params)
     grads = {'params': grads, 'aux': jax.tree.map(jnp.zeros_like, state.aux_params)}
     new_state = state.apply_gradients(grads, model_state=out.model_state)
-    finite = _all_finite((loss, grads))
+    finite = all_finite((loss, grads))
     if skip_nonfinite:
       new_state = select(finite, new_state, state)
 
@@ -665,10 +665,10 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
                   else jnp.asarray(multipliers[index], jnp.float32))
     metrics = {
         'loss': loss, 'loss/base': loss_base, 'loss/aug': loss_aug,
-        'ce': _batch_mean(losses.cross_entropy(base_logits, labels), mask, None),
-        'accuracy': _batch_mean((base_logits.argmax(-1) == labels).astype(jnp.float32),
+        'ce': batch_mean(losses.cross_entropy(base_logits, labels), mask, None),
+        'accuracy': batch_mean((base_logits.argmax(-1) == labels).astype(jnp.float32),
                                 mask, None),
-        'accuracy/aug': _batch_mean((aug_logits.argmax(-1) == labels).astype(jnp.float32),
+        'accuracy/aug': batch_mean((aug_logits.argmax(-1) == labels).astype(jnp.float32),
                                     mask, None),
         'multiplier': multiplier,
         'grad_norm': optax.tree.norm(grads),
