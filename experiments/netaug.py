@@ -39,7 +39,6 @@ from kdjax import steps
 from kdjax import train
 from kdjax.state import TrainState
 
-NAME = 'netaug'
 COLUMNS = ('model', 'size', 'params', 'training', 'test accuracy', 'train accuracy',
            'Δ test vs plain (paired)', 'seeds', 'wall time / run (s)')
 
@@ -211,7 +210,7 @@ def run(config) -> list[dict]:
       verdicts[row['model']] = (row['size'], row['delta_test_mean'], row['delta_train_mean'],
                                 _significance(deltas))
 
-  out = common.results_dir(NAME)
+  out = common.results_dir(config.results)
   common.save_records(records, os.path.join(out, 'records.json'))
   main_rows = [r for r in rows if r['training'] in ('plain', 'NetAug')]
   common.errorbar_plot(main_rows, x='model', series='training', metric='test_accuracy',
@@ -265,7 +264,7 @@ def run(config) -> list[dict]:
       '`netaug_ablations.png` (tiny models, all settings). Raw per-seed numbers: '
       '`records.json`.')
   common.write_results(
-      NAME, rows, COLUMNS, title='NetAug: tiny vs large models on MNIST-1D',
+      config.results, rows, COLUMNS, title='NetAug: tiny vs large models on MNIST-1D',
       finding='NetAug helps tiny models but not large ones (Cai et al. 2022; METHODS.md §C).',
       verdict=verdict,
       command='python -m experiments.run --config experiments/configs/netaug.py',

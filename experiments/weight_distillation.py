@@ -36,7 +36,6 @@ from kdjax import schemes
 from kdjax import steps
 from kdjax.state import TrainState
 
-NAME = 'weight_distillation'
 COLUMNS = ('run', 'model', 'params', 'test accuracy', 'Δ test vs KD (paired)', 'seeds',
            'steps', 'wall time / run (s)')
 
@@ -160,7 +159,7 @@ def run(config) -> list[dict]:
                                     else row['delta_kd'] + ' pp')
     row['wall time / run (s)'] = f'{row["seconds_mean"]:.1f}'
 
-  out = common.results_dir(NAME)
+  out = common.results_dir(config.results)
   common.save_records(records, os.path.join(out, 'records.json'))
   common.errorbar_plot(rows, x='run', metric='test_accuracy',
                        path=os.path.join(out, 'weight_distillation.png'),
@@ -195,7 +194,7 @@ def run(config) -> list[dict]:
       'only" evaluates the generated student right after phase 1. The teacher is retrained '
       'per seed.\n\nPlot: `weight_distillation.png`. Raw per-seed numbers: `records.json`.')
   common.write_results(
-      NAME, rows, COLUMNS, title='Weight distillation on MNIST-1D',
+      config.results, rows, COLUMNS, title='Weight distillation on MNIST-1D',
       finding='Weight distillation (generator phase + fine-tuning) beats KD for the same '
       'student (Lin et al. 2020; seed 004). Not one of the METHODS.md §C findings.',
       verdict=verdict,

@@ -18,6 +18,7 @@ def _model(kind, label, size, learning_rate, **kwargs):
 def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = 'netaug'
+  c.results = 'netaug'  # experiments/results/<results>/
   c.workdir = 'runs/netaug'
   c.fresh = False          # True: delete the workdir first (no resume)
   c.seeds = (0, 1, 2)
@@ -51,6 +52,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   })
 
   if mode == 'quick':
+    c.results = 'netaug_quick'
     c.workdir = 'runs/netaug_quick'
     c.seeds = (0, 1)
     c.num_steps = 20

@@ -14,6 +14,7 @@ import ml_collections
 def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = 'weight_distillation'
+  c.results = 'weight_distillation'  # experiments/results/<results>/
   c.workdir = 'runs/weight_distillation'
   c.fresh = False
   c.seeds = (0, 1, 2)
@@ -30,6 +31,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
                                         init='identity', bias='project'))
 
   if mode == 'quick':
+    c.results = 'weight_distillation_quick'
     c.workdir = 'runs/weight_distillation_quick'
     c.seeds = (0,)
     c.teacher.channels = 8

@@ -351,6 +351,6 @@ def test_experiment_quick(tmp_path, monkeypatch):
   config.workdir = str(tmp_path / 'runs')
   rows = experiment.run(config)
   assert rows and set(experiment.COLUMNS) <= set(rows[0])
-  out = tmp_path / 'results' / 'netaug'
+  out = tmp_path / 'results' / config.results
   for name in ('results.md', 'results.csv', 'records.json', 'netaug.png'):
     assert (out / name).exists(), name

@@ -282,6 +282,6 @@ def test_experiment_quick(tmp_path, monkeypatch):
   rows = experiment.run(config)
   assert [r['run'] for r in rows] == ['teacher', 'scratch', 'KD', 'slice init + KD',
                                       'WD: phase 1 only', 'WD: phase 1 + phase 2']
-  out = tmp_path / 'results' / 'weight_distillation'
+  out = tmp_path / 'results' / config.results
   for name in ('results.md', 'results.csv', 'records.json', 'weight_distillation.png'):
     assert (out / name).exists(), name
