@@ -6,6 +6,7 @@ exact means (psum of sums and of counts) agree with the single-device step.
 """
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,7 +171,8 @@ def cohort_reference():
 
 
 def test_cohort_pmap_equals_single_device(cohort_reference):
-  step = parallel.pmap_step(co.make_cohort_step(temperature=2.0, axis_name='data'))
+  step = parallel.pmap_step(
+      chex.assert_max_traces(co.make_cohort_step(temperature=2.0, axis_name='data'), n=1))
   rc = parallel.replicate_for_pmap(_cohort())
   history = []
   for batch in _batches():
@@ -181,7 +183,8 @@ def test_cohort_pmap_equals_single_device(cohort_reference):
 
 def test_cohort_jit_named_sharding_equals_single_device(cohort_reference):
   mesh = parallel.data_mesh()
-  step = parallel.sharded_step(co.make_cohort_step(temperature=2.0), mesh)
+  step = parallel.sharded_step(chex.assert_max_traces(co.make_cohort_step(temperature=2.0), n=1),
+                               mesh)
   batches = [parallel.shard_batch(b, mesh) for b in _batches()]
   _compare_cohort(*_run_cohort(step, parallel.replicate(_cohort(), mesh), batches),
                   *cohort_reference)
@@ -194,6 +197,36 @@ def test_cohort_shard_map_equals_single_device(cohort_reference):
   batches = [parallel.shard_batch(b, mesh) for b in _batches()]
   _compare_cohort(*_run_cohort(step, parallel.replicate(_cohort(), mesh), batches),
                   *cohort_reference)
+
+
+class _BatchNormNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.5)(nn.Dense(H)(x))
+    return nn.Dense(C)(jnp.tanh(h))
+
+
+def test_pmap_averages_batchnorm_statistics_over_devices():
+  model = _BatchNormNet()
+  batch = {k: v for k, v in _batches(1)[0].items() if k != 'mask'}
+  variables = models.init_variables(model, jax.random.key(4), batch['x'][:1])
+  state = TrainState.create(apply_fn=model, variables=variables, tx=optax.sgd(0.1))
+  step = parallel.pmap_step(chex.assert_max_traces(steps.make_train_step(axis_name='data'), n=1))
+  rstate, _ = step(parallel.replicate_for_pmap(state), None, parallel.split_for_pmap(batch),
+                   jax.random.key(5))
+  stats = jax.device_get(rstate.model_state['batch_stats'])
+  for leaf in jax.tree.leaves(stats):  # replicas stay identical
+    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
+  # The running statistics are linear in the batch statistics, so their mean over
+  # devices equals the mean of single-device steps on each shard.
+  single = jax.jit(steps.make_train_step())
+  shards = [{k: v.reshape(N, -1, *v.shape[1:])[i] for k, v in batch.items()}
+            for i in range(N)]
+  per_shard = [single(state, None, s, jax.random.key(5))[0].model_state['batch_stats']
+               for s in shards]
+  expected = jax.tree.map(lambda *xs: np.mean(np.stack(xs), 0), *per_shard)
+  chex.assert_trees_all_close(parallel.unreplicate(stats), expected, **TOL)
 
 
 def test_shard_batch_rejects_uneven_batches():
