@@ -27,6 +27,7 @@ from kdjax import models
 from kdjax import runs
 from kdjax import schemes
 
+
 COLUMNS = ('model', 'members', 'test accuracy', 'vs S0 (paired)', 'NLL', 'disagreement',
            'seeds')
 FINDING = ('BAN (Furlanello et al. 2018, seed 003): born-again generation 2 or more beats '

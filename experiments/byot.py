@@ -44,6 +44,7 @@ from kdjax import steps
 from kdjax import train
 from kdjax.state import TrainState
 
+
 COLUMNS = ('model', 'exit', 'FLOPs vs plain CNN1D', 'test accuracy', 'Δ vs plain (paired)',
            'verdict', 'test NLL', 'seeds')
 EXIT_COLUMNS = ('model', 'threshold', 'test accuracy', 'FLOPs vs plain CNN1D',
@@ -155,8 +156,8 @@ def run(config) -> list[dict]:
                 'FLOPs vs plain CNN1D': r['flops_vs_plain'],
                 'FLOPs vs deepest exit': r['relative_cost'],
                 'mean exit': f"{r['mean_stages_mean']:.2f}",
-                'exit shares (1/2/…)': '/'.join(f"{100 * r[f'{f}_mean']:.0f}%"
-                                                 for f in fractions)}
+                'exit shares (1/2/…)': '/'.join(
+                    f"{100 * r[f'{f}_mean']:.0f}%" for f in fractions)}
                for r in exit_agg]
 
   out_dir = common.results_dir(config.results)

@@ -10,6 +10,7 @@ import numpy as np
 
 from experiments import report
 
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
 

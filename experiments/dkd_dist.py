@@ -30,6 +30,7 @@ from experiments import temperature as base
 from kdjax import losses
 from kdjax import steps
 
+
 COLUMNS = ('dataset', 'method', 'setting', 'seeds', base.ACC, base.DELTA, 'Δ vs KD (paired)',
            base.AGREE)
 

@@ -42,6 +42,7 @@ from kdjax import runs
 from kdjax import train
 from kdjax.state import TrainState
 
+
 COLUMNS = ('cohort', 'peer', 'method', 'test accuracy', 'Δ vs independent (paired)', 'verdict',
            'ensemble accuracy', 'Δ ensemble (paired)', 'test NLL', 'train accuracy', 'seeds')
 FINDING = ('Deep mutual learning (Zhang et al. 2018, seed 003; METHODS.md §B–C): peers trained '

@@ -34,6 +34,7 @@ from kdjax import runs
 from kdjax import schemes
 from kdjax import steps
 
+
 COLUMNS = ('teacher', 'teacher step', 'KD term', 'teacher test acc', 'student test acc',
            'gain over scratch (paired)', 'student KD loss (train)', 'agreement (test)', 'seeds')
 FINDING = ('On the Efficacy of KD (Cho & Hariharan 2019, seed 002; METHODS.md §B–C): bigger '

@@ -21,6 +21,7 @@ from kdjax import models
 from kdjax import runs
 from kdjax import steps
 
+
 COLUMNS = ('run', 'model', 'params', 'train data', 'test accuracy', 'agreement w/ teacher',
            'steps', 'wall time (s)')
 

@@ -39,6 +39,7 @@ from kdjax import steps
 from kdjax import train
 from kdjax.state import TrainState
 
+
 COLUMNS = ('model', 'size', 'params', 'training', 'test accuracy', 'train accuracy',
            'Δ test vs plain (paired)', 'seeds', 'wall time / run (s)')
 

@@ -42,6 +42,7 @@ from kdjax import steps
 from kdjax import train
 from kdjax.state import TrainState
 
+
 COLUMNS = ('model', 'evaluated', 'params', 'test accuracy', 'Δ vs baseline (paired)', 'verdict',
            'test NLL', 'disagreement', 'seeds')
 FINDING = ('ONE (Lan et al. 2018; METHODS.md §B–C): the branches of an on-the-fly native '

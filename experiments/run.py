@@ -5,18 +5,20 @@ The config's ``experiment`` field names the module ``experiments/<name>.py``
 Overrides go on the command line, e.g. ``--config.teacher.num_steps=500``.
 """
 
+import importlib
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-import importlib
-
 from experiments import report
+
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
                                           lock_config=True)
 flags.mark_flags_as_required(['config'])
+
 
 def main(argv):
   del argv

@@ -37,6 +37,7 @@ from kdjax import models
 from kdjax import runs
 from kdjax import steps
 
+
 COLUMNS = ('dataset', 'train data', 'method', 'τ', 'α', 'seeds', 'test accuracy',
            'Δ vs scratch (paired)', 'agreement w/ teacher')
 ACC, DELTA, AGREE = 'test accuracy', 'Δ vs scratch (paired)', 'agreement w/ teacher'

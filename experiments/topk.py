@@ -32,6 +32,7 @@ from kdjax import checkpoint
 from kdjax import losses
 from kdjax import steps
 
+
 COLUMNS = ('dataset', 'method', 'setting', 'seeds', base.ACC, base.DELTA, 'Δ vs KD (paired)',
            base.AGREE)
 

@@ -36,6 +36,7 @@ from kdjax import schemes
 from kdjax import steps
 from kdjax.state import TrainState
 
+
 COLUMNS = ('run', 'model', 'params', 'test accuracy', 'Δ test vs KD (paired)', 'seeds',
            'steps', 'wall time / run (s)')
 

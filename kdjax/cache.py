@@ -48,9 +48,10 @@ import numpy as np
 
 from kdjax import data as kdata
 from kdjax import steps
-from kdjax.models._wrap import ModelOutput
 from kdjax.models._wrap import as_forward
+from kdjax.models._wrap import ModelOutput
 from kdjax.state import select
+
 
 TARGETS = ('topk', 'renormalized')
 

@@ -15,8 +15,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+import orbax.checkpoint as ocp
+
 
 _ITEMS = ('state', 'data', 'meta')
 

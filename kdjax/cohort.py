@@ -45,11 +45,12 @@ from kdjax import losses
 from kdjax.losses import _checks
 from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import init_variables
-from kdjax.state import TrainState
 from kdjax.state import select
+from kdjax.state import TrainState
 from kdjax.steps import all_finite
 from kdjax.steps import batch_mean
 from kdjax.steps import pmean_model_state
+
 
 Peers = Union[TrainState, tuple]
 
@@ -377,8 +378,9 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
       stays stacked and the results are the same. ``jax.vmap`` turns each
       convolution into a grouped convolution, which XLA:CPU runs far slower
       than plain ones (measured on this 2-core CPU, ResNet-20 at K = 4: about
-      20× slower than unrolled; see ``experiments/results/bench_cohort``). Use it for convnets on CPU; keep the
-      default elsewhere (it compiles a program that grows with ``K``).
+      20× slower than unrolled; see ``experiments/results/bench_cohort``).
+      Use it for convnets on CPU; keep the default elsewhere (it compiles a
+      program that grows with ``K``).
 
   Returns:
     ``step(cohort, batch, rng) -> (cohort, metrics)`` for a

@@ -42,13 +42,14 @@ import optax
 
 from kdjax import losses
 from kdjax.losses import _checks
-from kdjax.models._wrap import ModelOutput
 from kdjax.models._wrap import as_forward
-from kdjax.state import TrainState
+from kdjax.models._wrap import ModelOutput
 from kdjax.state import select
+from kdjax.state import TrainState
 from kdjax.steps import all_finite
 from kdjax.steps import batch_mean
 from kdjax.steps import pmean_model_state
+
 
 ONE_FEATURE = 'branch_logits'
 EXIT_LOGITS = 'exit_logits'
@@ -115,8 +116,9 @@ def one_loss_terms(branch_logits: jax.Array, ensemble_logits: jax.Array, labels:
   Examples:
     >>> import jax.numpy as jnp
     >>> z = jnp.zeros((2, 1, 3))  # two uniform branches
-    >>> {k: v.round(4) for k, v in one_loss_terms(z, z[0], jnp.array([0])).items()}
-    {'ce_branches': Array([2.1972], dtype=float32), 'ce_ensemble': Array([1.0986], dtype=float32), 'kl': Array([0.], dtype=float32)}
+    >>> terms = one_loss_terms(z, z[0], jnp.array([0]))
+    >>> {k: round(float(v[0]), 4) for k, v in terms.items()}
+    {'ce_branches': 2.1972, 'ce_ensemble': 1.0986, 'kl': 0.0}
   """
   branch_logits, labels = _check_heads(branch_logits, labels, 'branch_logits')
   _checks.check_same_shape(ensemble_logits, branch_logits[0], 'ensemble_logits',
@@ -237,10 +239,14 @@ def byot_loss_terms(exit_logits: jax.Array, exit_features: jax.Array, labels: ja
   _check_range(feature_weight, 'feature_weight', 0.0)
   if feature_reduction not in ('sum', 'mean'):
     raise ValueError(f"`feature_reduction` must be 'sum' or 'mean', got {feature_reduction!r}.")
-  t = exit_logits[-1] if target_logits is None else _checks.as_float(target_logits,
-                                                                      'target_logits')
-  f_t = exit_features[-1] if target_features is None else _checks.as_float(target_features,
-                                                                          'target_features')
+  if target_logits is None:
+    t = exit_logits[-1]
+  else:
+    t = _checks.as_float(target_logits, 'target_logits')
+  if target_features is None:
+    f_t = exit_features[-1]
+  else:
+    f_t = _checks.as_float(target_features, 'target_features')
   _checks.check_same_shape(t, exit_logits[-1], 'target_logits', 'exit_logits[-1]')
   _checks.check_same_shape(f_t, exit_features[-1], 'target_features', 'exit_features[-1]')
   num_exits = exit_logits.shape[0]

@@ -31,13 +31,14 @@ import os
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import jax.numpy as jnp
 import numpy as np
 
 from kdjax.cohort import CohortState
+
 
 DATA_AXIS = 'data'
 PEER_AXIS = 'peer'

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdjax.models._wrap import ForwardFn
 from kdjax.models._wrap import as_forward
+from kdjax.models._wrap import ForwardFn
 
 
 class TrainState(struct.PyTreeNode):

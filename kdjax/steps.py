@@ -25,11 +25,12 @@ import optax
 
 from kdjax import losses
 from kdjax.losses import _checks
+from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import ForwardFn
 from kdjax.models._wrap import ModelOutput
-from kdjax.models._wrap import as_forward
-from kdjax.state import TrainState
 from kdjax.state import select
+from kdjax.state import TrainState
+
 
 Weight = Union[float, Callable[[jax.Array], jax.Array]]
 Teachers = Union[None, ForwardFn, nn.Module, Mapping[str, Union[ForwardFn, nn.Module]]]
@@ -119,7 +120,8 @@ def hint(student_feature: str, teacher_feature: str, weight: Weight = 1.0, *,
     >>> hint('embedding', 'embedding').name
     'hint/embedding'
   """
-  return Term(name or f'hint/{student_feature}', loss or losses.hint_l2, weight, student=student_feature,
+  return Term(name or f'hint/{student_feature}', loss or losses.hint_l2, weight,
+              student=student_feature,
               teacher=teacher_feature, teacher_name=teacher_name, adapter=adapter,
               kwargs=kwargs)
 
@@ -375,8 +377,8 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
     logits = jax.lax.stop_gradient(out.logits)
     pred = jnp.argmax(logits, axis=-1)
     if 'label' in batch:
-      metrics['ce'] = psum(batch_mean(losses.cross_entropy(logits, batch['label']), mask,
-                                       axis_name))
+      metrics['ce'] = psum(batch_mean(
+          losses.cross_entropy(logits, batch['label']), mask, axis_name))
       metrics['accuracy'] = psum(batch_mean(
           (pred == batch['label']).astype(jnp.float32), mask, axis_name))
     for name, t_out in teacher_outs.items():

@@ -4,6 +4,7 @@ import os
 
 import hypothesis
 
+
 # Deterministic, bounded property tests: CI must be reproducible and fast.
 hypothesis.settings.register_profile(
     'kdjax', max_examples=25, deadline=None, derandomize=True, print_blob=True)

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from kdjax import cache as kc
@@ -13,7 +14,7 @@ from kdjax import losses
 from kdjax import models
 from kdjax import steps
 from kdjax.state import TrainState
-import optax
+
 
 N, L, C = 90, 40, 10
 TAU = 2.0
@@ -277,10 +278,12 @@ def shared(tmp_path_factory):
           'teacher_dir': str(tmp_path_factory.mktemp('teachers'))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['temperature', 'topk', 'dkd_dist'])
 def test_experiment_quick(name, shared, tmp_path, monkeypatch):
   import importlib
   import json
+
   from experiments import common
   module = importlib.import_module(f'experiments.{name}')
   config = importlib.import_module(f'experiments.configs.{name}').get_config('quick')

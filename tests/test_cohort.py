@@ -21,9 +21,9 @@ from kdjax.checkpoint import Checkpointer
 from kdjax.state import TrainState
 from kdjax.train import fit
 
+
 B, D, C, K = 8, 5, 4, 3
 LR = 0.3
-
 
 
 def _linear(p, x):
@@ -229,7 +229,8 @@ def test_joint_update_equals_each_peer_alone_with_others_fixed():
   # The leaky variant (targets not held constant) moves peer 0 differently.
   def leaky_total(params):
     z = jax.vmap(_linear, in_axes=(0, None))(params, x)
-    from kdjax.losses import cross_entropy, mutual_kl
+    from kdjax.losses import cross_entropy
+    from kdjax.losses import mutual_kl
     return jnp.sum(jnp.mean(CE_W * cross_entropy(z, jnp.broadcast_to(y, z.shape[:-1]))
                             + KL_W * mutual_kl(z, temperature=tau), axis=-1))
 

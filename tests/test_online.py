@@ -205,7 +205,8 @@ def test_one_cnn1d_bad_options(kwargs, match):
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    ({'depth': 9}, 'depth'), ({'shared_stages': 3}, 'shared_stages'), ({'widths': (16,)}, 'widths')])
+    ({'depth': 9}, 'depth'), ({'shared_stages': 3}, 'shared_stages'),
+    ({'widths': (16,)}, 'widths')])
 def test_one_resnet_bad_options(kwargs, match):
   with pytest.raises(ValueError, match=match):
     models.one_resnet(**kwargs)

@@ -79,6 +79,7 @@ def test_train_loop_restores_a_complete_run(tmp_path):
   assert np.any(np.asarray(first.state.params['w']) != 0)
 
 
+@pytest.mark.slow
 def test_dml_quick(data_dir, tmp_path, results):
   config = _config(dml_config, data_dir, tmp_path)
   rows = dml.run(config)
@@ -103,6 +104,7 @@ def test_dml_quick(data_dir, tmp_path, results):
           np.mean(parts))
 
 
+@pytest.mark.slow
 def test_one_quick(data_dir, tmp_path, results):
   config = _config(one_config, data_dir, tmp_path)
   rows = one.run(config)
@@ -126,6 +128,7 @@ def test_one_quick(data_dir, tmp_path, results):
                                             'single model (mean over runs)'}
 
 
+@pytest.mark.slow
 def test_byot_quick(data_dir, tmp_path, results):
   config = _config(byot_config, data_dir, tmp_path)
   rows = byot.run(config)

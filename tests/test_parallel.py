@@ -21,9 +21,11 @@ from kdjax import parallel
 from kdjax import steps
 from kdjax.state import TrainState
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_multidevice_suite_in_subprocess():
   env = dict(os.environ, KDJAX_MULTIDEVICE='1',
              XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')

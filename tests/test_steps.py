@@ -1,8 +1,8 @@
 """Tests for kdjax.state and kdjax.steps: gradients, teachers, adapters, guards."""
 
 import chex
-import flax.linen as nn
 from flax import nnx
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +13,7 @@ from kdjax import losses
 from kdjax import models
 from kdjax import steps
 from kdjax.state import TrainState
+
 
 B, D, C = 8, 5, 4
 
@@ -177,9 +178,11 @@ def test_hint_with_adapter_trains_the_adapter(teacher):
   assert aux['hint/embedding']['kernel'].shape == (2, C)
   state = TrainState.create(apply_fn=fwd, variables={'params': params}, tx=optax.sgd(0.1),
                             aux_params=aux)
-  new, m = jax.jit(steps.make_distill_step(terms, t_fwd))(state, t_vars, _batch(), jax.random.key(0))
+  step = jax.jit(steps.make_distill_step(terms, t_fwd))
+  new, m = step(state, t_vars, _batch(), jax.random.key(0))
   assert 'loss/hint/embedding' in m
-  assert not np.allclose(new.aux_params['hint/embedding']['kernel'], aux['hint/embedding']['kernel'])
+  kernel = 'hint/embedding'
+  assert not np.allclose(new.aux_params[kernel]['kernel'], aux[kernel]['kernel'])
   # The hint value is hint_l2(adapter(student_embedding), teacher_embedding).
   s = nn.Dense(C).apply({'params': aux['hint/embedding']}, out.features['embedding'])
   t = _linear(t_vars['params'], _batch()['x'])[1]['embedding']

@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import time
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,6 +43,7 @@ from kdjax import data as kdata
 from kdjax import models
 from kdjax import steps
 from kdjax.state import TrainState
+
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results',
                        'bench_cache')

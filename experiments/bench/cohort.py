@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +39,7 @@ import optax
 from kdjax import cohort as co
 from kdjax import models
 from kdjax import steps
+
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results',
                        'bench_cohort')

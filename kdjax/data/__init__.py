@@ -16,38 +16,34 @@ datasets must already be prepared in array_record format unless
 ``download=True``.
 """
 
-# Loading.
-from kdjax.data._sources import DatasetMeta
-from kdjax.data._sources import DatasetNotPreparedError
-from kdjax.data._sources import Source
-from kdjax.data._sources import dataset_info
-from kdjax.data._sources import load
-from kdjax.data._sources import load_tf
-from kdjax.data._sources import prepare
-from kdjax.data._sources import tensorflow_available
-
+# Augmentation.
+from kdjax.data._augment import augmentation
+from kdjax.data._augment import example_keys
+from kdjax.data._augment import ImageAugment
+from kdjax.data._augment import random_crop_flip
+from kdjax.data._augment import random_shift
+from kdjax.data._augment import SequenceAugment
+from kdjax.data._augment import uniforms
 # Local TFDS builders.
 from kdjax.data._builders import Digits
-from kdjax.data._builders import Mnist1d
-from kdjax.data._builders import Mnist1dConfig
 from kdjax.data._builders import digits_split
 from kdjax.data._builders import generate_mnist1d
+from kdjax.data._builders import Mnist1d
 from kdjax.data._builders import mnist1d_config
+from kdjax.data._builders import Mnist1dConfig
 from kdjax.data._builders import near_duplicates
-
 # Pipelines.
 from kdjax.data._pipeline import batches_per_epoch
 from kdjax.data._pipeline import epoch_order
 from kdjax.data._pipeline import make_pipeline
-
+# Loading.
+from kdjax.data._sources import dataset_info
+from kdjax.data._sources import DatasetMeta
+from kdjax.data._sources import DatasetNotPreparedError
+from kdjax.data._sources import load
+from kdjax.data._sources import load_tf
+from kdjax.data._sources import prepare
+from kdjax.data._sources import Source
+from kdjax.data._sources import tensorflow_available
 # Transfer sets.
 from kdjax.data._transfer import transfer_set
-
-# Augmentation.
-from kdjax.data._augment import ImageAugment
-from kdjax.data._augment import SequenceAugment
-from kdjax.data._augment import augmentation
-from kdjax.data._augment import example_keys
-from kdjax.data._augment import random_crop_flip
-from kdjax.data._augment import random_shift
-from kdjax.data._augment import uniforms

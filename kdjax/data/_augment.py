@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+
 Batch = Mapping[str, Any]
 Transform = Callable[[Batch, np.ndarray], dict]
 

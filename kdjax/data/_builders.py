@@ -23,6 +23,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+
 LOCAL_NAMES = ('mnist1d', 'digits')
 
 MNIST1D_LENGTH = 40

@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from kdjax.data import _builders
 
+
 Download = Union[bool, str]
 
 
@@ -451,7 +452,7 @@ def prepare(
 def tensorflow_available() -> bool:
   """Whether TensorFlow can be imported (needed only by :func:`load_tf`)."""
   try:
-    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+    import tensorflow  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
     return False
   return True

@@ -30,21 +30,55 @@ In training, also make ``'batch_stats'`` mutable:
 ``model.apply(variables, x, train=True, mutable=['batch_stats', 'intermediates'])``.
 """
 
+from kdjax.models._byot import BYOT
+from kdjax.models._byot import byot_cnn1d
+from kdjax.models._byot import byot_resnet
+from kdjax.models._byot import CNN1DExitHead
+from kdjax.models._byot import Conv1DStage
+from kdjax.models._byot import ResNetExitHead
+from kdjax.models._byot import ResNetStage
+from kdjax.models._byot import ResNetStem
 # Models.
 from kdjax.models._cnn1d import CNN1D
 from kdjax.models._mlp import MLP
+from kdjax.models._one import CNN1DBranch
+from kdjax.models._one import CNN1DTrunk
+from kdjax.models._one import export_branch
+from kdjax.models._one import ONE
+from kdjax.models._one import one_cnn1d
+from kdjax.models._one import one_resnet
+from kdjax.models._one import ONEBranch
+from kdjax.models._one import ResNetBranch
+from kdjax.models._one import ResNetTrunk
 from kdjax.models._plain_cnn import PlainCNN
+# Registry and utilities.
+from kdjax.models._registry import create
+from kdjax.models._registry import list_models
+from kdjax.models._registry import register
 from kdjax.models._resnet import BasicBlock
 from kdjax.models._resnet import CifarResNet
 from kdjax.models._resnet import resnet8
+from kdjax.models._resnet import resnet8x4
 from kdjax.models._resnet import resnet14
 from kdjax.models._resnet import resnet20
 from kdjax.models._resnet import resnet32
+from kdjax.models._resnet import resnet32x4
 from kdjax.models._resnet import resnet44
 from kdjax.models._resnet import resnet56
 from kdjax.models._resnet import resnet110
-from kdjax.models._resnet import resnet8x4
-from kdjax.models._resnet import resnet32x4
+from kdjax.models._utils import count_params
+from kdjax.models._utils import flops
+from kdjax.models._utils import get_features
+from kdjax.models._utils import sow_feature
+# [one/byot: names here]
+# The model protocol of the train steps, and adapters.
+from kdjax.models._wrap import as_forward
+from kdjax.models._wrap import ForwardFn
+from kdjax.models._wrap import function_forward
+from kdjax.models._wrap import init_variables
+from kdjax.models._wrap import linen_forward
+from kdjax.models._wrap import ModelOutput
+from kdjax.models._wrap import nnx_forward
 from kdjax.models._wrn import WideBasicBlock
 from kdjax.models._wrn import WRN
 from kdjax.models._wrn import wrn_16_1
@@ -56,39 +90,5 @@ from kdjax.models._wrn import wrn_40_1
 from kdjax.models._wrn import wrn_40_2
 from kdjax.models._wrn import wrn_40_4
 
-# Registry and utilities.
-from kdjax.models._registry import create
-from kdjax.models._registry import list_models
-from kdjax.models._registry import register
-from kdjax.models._utils import count_params
-from kdjax.models._utils import flops
-from kdjax.models._utils import get_features
-from kdjax.models._utils import sow_feature
 
-from kdjax.models._one import ONE
-from kdjax.models._one import ONEBranch
-from kdjax.models._one import CNN1DBranch
-from kdjax.models._one import CNN1DTrunk
-from kdjax.models._one import ResNetBranch
-from kdjax.models._one import ResNetTrunk
-from kdjax.models._one import export_branch
-from kdjax.models._one import one_cnn1d
-from kdjax.models._one import one_resnet
-from kdjax.models._byot import BYOT
-from kdjax.models._byot import CNN1DExitHead
-from kdjax.models._byot import Conv1DStage
-from kdjax.models._byot import ResNetExitHead
-from kdjax.models._byot import ResNetStage
-from kdjax.models._byot import ResNetStem
-from kdjax.models._byot import byot_cnn1d
-from kdjax.models._byot import byot_resnet
-# [one/byot: names here]
-# The model protocol of the train steps, and adapters.
-from kdjax.models._wrap import ForwardFn
-from kdjax.models._wrap import ModelOutput
-from kdjax.models._wrap import as_forward
-from kdjax.models._wrap import function_forward
-from kdjax.models._wrap import init_variables
-from kdjax.models._wrap import linen_forward
-from kdjax.models._wrap import nnx_forward
 # [wrappers: names here]

@@ -19,6 +19,7 @@ from kdjax.models import _utils
 from kdjax.models._one import _as_tuple
 from kdjax.models._resnet import BasicBlock
 
+
 _PAD1 = ((1, 1), (1, 1))
 
 

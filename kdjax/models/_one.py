@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from kdjax.models import _utils
 from kdjax.models._resnet import BasicBlock
 
+
 _PAD1 = ((1, 1), (1, 1))
 
 # Collections whose leaves get a leading branch axis under ``nn.vmap``.
@@ -183,7 +184,7 @@ class ResNetBranch(nn.Module):
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Returns ``(logits [B, num_classes], embedding [B, widths[-1]])`` for ``h`` ``[B, H, W, C]``."""
+    """``(logits [B, num_classes], embedding [B, widths[-1]])`` for ``h`` ``[B, H, W, C]``."""
     h = _resnet_stages(self, h, self.widths, self.first_stage, self.num_blocks, train)
     embedding = jnp.mean(h, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(embedding), embedding
@@ -366,7 +367,8 @@ def export_branch(model: ONE, variables: Mapping[str, Any], index: int
     ...                                       'bias': jnp.zeros((2, 3))}},
     ...           'gate_fc': {'kernel': jnp.zeros((2, 2)), 'bias': jnp.zeros(2)}}
     >>> net, net_vars = export_branch(model, {'params': params}, 1)
-    >>> sorted(net_vars['params']), float(net_vars['params']['branch']['classifier']['kernel'][0, 0])
+    >>> kernel = net_vars['params']['branch']['classifier']['kernel']
+    >>> sorted(net_vars['params']), float(kernel[0, 0])
     (['branch', 'trunk'], 1.0)
   """
   if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < model.num_branches:

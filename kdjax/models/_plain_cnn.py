@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from kdjax.models import _utils
 
+
 # depth -> (stages, hidden). Each stage is a tuple of conv widths (3x3 conv,
 # padding 1, BN, ReLU each) followed by a 2x2 max-pool; then the feature map
 # is flattened and goes through ``hidden`` Dense+ReLU layers and the

@@ -7,11 +7,14 @@ from typing import Callable
 
 import flax.linen as nn
 
+from kdjax.models import _byot
 from kdjax.models import _cnn1d
 from kdjax.models import _mlp
+from kdjax.models import _one
 from kdjax.models import _plain_cnn
 from kdjax.models import _resnet
 from kdjax.models import _wrn
+
 
 # A factory takes ``num_classes`` and keyword options and returns a module.
 Factory = Callable[..., nn.Module]
@@ -36,6 +39,13 @@ for _depth in sorted(_plain_cnn.PLANS):
   _REGISTRY[f'plain_cnn_{_depth}'] = functools.partial(_plain, _depth)
 
 
+# Online distillation models (ONE branches, BYOT exits); options as keywords.
+_REGISTRY.update({
+    'one_cnn1d': _one.one_cnn1d, 'one_resnet': _one.one_resnet,
+    'byot_cnn1d': _byot.byot_cnn1d, 'byot_resnet': _byot.byot_resnet,
+})
+
+
 def register(name: str, factory: Factory, *, overwrite: bool = False) -> None:
   """Adds ``factory(num_classes=..., **kwargs) -> nn.Module`` under ``name``.
 
@@ -57,8 +67,9 @@ def create(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
 
   Args:
     name: a registered name such as ``'mlp'``, ``'cnn1d'``, ``'resnet20'``,
-      ``'resnet8x4'``, ``'wrn_16_2'`` or ``'plain_cnn_4'``; see
-      :func:`list_models`.
+      ``'resnet8x4'``, ``'wrn_16_2'``, ``'plain_cnn_4'``, or the online
+      distillation models ``'one_cnn1d'``, ``'one_resnet'``, ``'byot_cnn1d'``
+      and ``'byot_resnet'``; see :func:`list_models`.
     num_classes: number of output logits.
     **kwargs: further attributes of the model class (e.g. ``hidden=(64,)`` for
       ``'mlp'``, ``dropout_rate=0.3`` for a WRN, ``dtype=jnp.bfloat16``).

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from kdjax.models import _utils
 
+
 _PAD1 = ((1, 1), (1, 1))  # PyTorch-style symmetric padding for 3x3 convs.
 
 

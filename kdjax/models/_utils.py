@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+
 # Conv kernels: He-normal on fan-out (``kaiming_normal_(mode='fan_out')``), the
 # initialisation the CIFAR ResNet/WRN reference code uses.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')

@@ -21,6 +21,7 @@ import jax
 
 from kdjax.models._utils import get_features
 
+
 Variables = Mapping[str, Any]
 
 
@@ -154,4 +155,3 @@ def init_variables(module: nn.Module, rng: jax.Array, sample_x, **kwargs) -> dic
   variables = dict(module.init(rng, sample_x, train=False, **kwargs))
   variables.pop('intermediates', None)
   return variables
-

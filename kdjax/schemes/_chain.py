@@ -43,6 +43,7 @@ from kdjax import runs
 from kdjax import steps
 from kdjax.schemes import _schedules
 
+
 Terms = Union[Sequence[steps.Term], Callable[[int], Sequence[steps.Term]]]
 SPEC_FILE = 'chain_link.json'
 _ADDRESS = re.compile(r' at 0x[0-9a-fA-F]+')

@@ -32,6 +32,7 @@ from kdjax import checkpoint
 from kdjax import data as kdata
 from kdjax import models as kmodels
 
+
 Member = tuple[Any, Mapping[str, Any]]
 
 
@@ -167,8 +168,8 @@ def _ensemble_sums(models: tuple, weights: Optional[tuple]):
         'nll': jnp.sum(jnp.where(mask, nll, 0.0)),
         'count': jnp.sum(mask),
         'member_correct': jnp.sum(mask & (preds == labels), axis=-1),
-        'differ': jnp.stack([jnp.sum(mask & (preds[i] != preds[j])) for i, j in pair_index])
-                  if pair_index else jnp.zeros((0,), jnp.int32),
+        'differ': (jnp.stack([jnp.sum(mask & (preds[i] != preds[j])) for i, j in pair_index])
+                   if pair_index else jnp.zeros((0,), jnp.int32)),
     }
     return jax.tree.map(lambda a: a.astype(jnp.float32), out)
 

@@ -52,10 +52,11 @@ from kdjax.models import _utils
 from kdjax.models._cnn1d import CNN1D
 from kdjax.models._mlp import MLP
 from kdjax.models._wrap import linen_forward
-from kdjax.state import TrainState
 from kdjax.state import select
+from kdjax.state import TrainState
 from kdjax.steps import all_finite
 from kdjax.steps import batch_mean
+
 
 Weight = Union[float, Callable[[jax.Array], jax.Array]]
 
@@ -617,9 +618,8 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
   aug_fns = [linen_forward(model.clone(multiplier=m, parent=None)) for m in multipliers]
 
   def ce(logits, batch):
-    return batch_mean(losses.cross_entropy(logits, batch['label'],
-                                            label_smoothing=label_smoothing),
-                       batch.get('mask'), None)
+    per_example = losses.cross_entropy(logits, batch['label'], label_smoothing=label_smoothing)
+    return batch_mean(per_example, batch.get('mask'))
 
   def keys(rng, step):
     pick_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, step))
@@ -666,10 +666,8 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
     metrics = {
         'loss': loss, 'loss/base': loss_base, 'loss/aug': loss_aug,
         'ce': batch_mean(losses.cross_entropy(base_logits, labels), mask, None),
-        'accuracy': batch_mean((base_logits.argmax(-1) == labels).astype(jnp.float32),
-                                mask, None),
-        'accuracy/aug': batch_mean((aug_logits.argmax(-1) == labels).astype(jnp.float32),
-                                    mask, None),
+        'accuracy': batch_mean((base_logits.argmax(-1) == labels).astype(jnp.float32), mask),
+        'accuracy/aug': batch_mean((aug_logits.argmax(-1) == labels).astype(jnp.float32), mask),
         'multiplier': multiplier,
         'grad_norm': optax.tree.norm(grads),
         'skipped': 1 - finite.astype(jnp.int32),

@@ -31,6 +31,7 @@ from typing import Callable, Sequence, Union
 import jax
 import jax.numpy as jnp
 
+
 Schedule = Callable[[jax.Array], jax.Array]
 Weight = Union[float, Schedule]
 

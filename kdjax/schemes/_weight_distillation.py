@@ -51,19 +51,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
-import flax.linen as nn
 from flax import traverse_util
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from kdjax.models._wrap import ForwardFn
-from kdjax.models._wrap import ModelOutput
 from kdjax.models._wrap import as_forward
+from kdjax.models._wrap import ForwardFn
 from kdjax.models._wrap import init_variables
+from kdjax.models._wrap import ModelOutput
 from kdjax.state import TrainState
+
 
 # The collection that carries the (frozen) teacher weights into the phase-1 forward.
 TEACHER_WEIGHTS = 'wd_teacher'

@@ -4,6 +4,7 @@ import pytest
 
 from kdjax import data as kd
 
+
 # A small labeled MNIST-1D config (160 train / 40 test) that builds in ~0.1 s.
 SMALL = kd.mnist1d_config(200)
 

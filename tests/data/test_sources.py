@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from kdjax import data as kd
 from tests.data.conftest import SMALL
 
+
 # ------------------------------------------------------------------ metadata
 
 

@@ -15,6 +15,7 @@ from kdjax import models
 from kdjax import runs
 from kdjax import steps
 
+
 NUM_STEPS = 300
 
 

@@ -8,10 +8,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from kdjax import data as kdata
 from kdjax import models
 from kdjax import runs
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,6 +32,7 @@ def _checkpoint_steps(ckpt_dir):
   return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
   data_dir = tmp_path / 'data'
   teacher = runs.train_and_evaluate(

@@ -412,6 +412,15 @@ def test_create_forwards_kwargs_and_num_classes():
   assert models.create('wrn_40_2', 100).widen_factor == 2
 
 
+@pytest.mark.parametrize('name, kwargs, expected', [
+    ('one_cnn1d', {'num_branches': 2}, 'ONE'), ('one_resnet', {'depth': 8}, 'ONE'),
+    ('byot_cnn1d', {}, 'BYOT'), ('byot_resnet', {'depth': 8}, 'BYOT')])
+def test_online_models_are_registered(name, kwargs, expected):
+  model = models.create(name, 7, **kwargs)
+  assert type(model).__name__ == expected
+  assert models.create(name, 7, **kwargs) == model  # the factory is the module's constructor
+
+
 def test_register_and_list_models():
   assert 'resnet32x4' in models.list_models()
   with pytest.raises(ValueError, match='already registered'):

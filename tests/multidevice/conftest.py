@@ -11,6 +11,7 @@ subprocess with ``KDJAX_MULTIDEVICE=1`` and
 
 import os
 
+
 NUM_DEVICES = 8
 
 if os.environ.get('KDJAX_MULTIDEVICE') != '1':

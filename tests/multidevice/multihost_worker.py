@@ -19,6 +19,7 @@ from kdjax import parallel
 from kdjax import steps
 from kdjax.state import TrainState
 
+
 NUM_STEPS = 2
 B, D, H, C = 8, 5, 6, 3
 TEMPERATURE = 2.0

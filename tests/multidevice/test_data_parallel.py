@@ -19,6 +19,7 @@ from kdjax import parallel
 from kdjax import steps
 from kdjax.state import TrainState
 
+
 N = 8
 B, D, H, C = 16, 6, 8, 4
 TOL = dict(rtol=1e-5, atol=1e-6)

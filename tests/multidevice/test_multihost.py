@@ -14,8 +14,8 @@ import jax
 import numpy as np
 
 from kdjax import steps
-
 from tests.multidevice import multihost_worker as worker
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 120

@@ -13,6 +13,7 @@ from kdjax import cohort as co
 from kdjax import models
 from kdjax import parallel
 
+
 B, D, H, C = 8, 6, 8, 5
 TOL = dict(rtol=1e-5, atol=1e-6)
 MODEL = models.create('mlp', hidden=(H,), num_classes=C)

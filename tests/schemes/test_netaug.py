@@ -21,6 +21,7 @@ from kdjax import steps
 from kdjax.schemes import _netaug as netaug
 from kdjax.state import TrainState
 
+
 B, D, C = 6, 5, 4
 
 
@@ -342,6 +343,7 @@ def test_step_rejects_bad_multipliers():
 
 # ------------------------------------------------------------- experiment
 
+@pytest.mark.slow
 def test_experiment_quick(tmp_path, monkeypatch):
   from experiments import common
   from experiments import netaug as experiment

@@ -15,6 +15,7 @@ from kdjax import steps
 from kdjax.models import function_forward
 from kdjax.state import TrainState
 
+
 STEPS = np.arange(0, 400, dtype=np.int32)
 
 

@@ -21,6 +21,7 @@ from kdjax import steps
 from kdjax.schemes import _weight_distillation as wd
 from kdjax.state import TrainState
 
+
 B, D, C = 6, 7, 4
 
 
@@ -114,12 +115,12 @@ def test_pair_layers_uniform_by_kind():
 @pytest.mark.parametrize('kind', ['mlp', 'cnn'])
 def test_generated_shapes_and_values_match_reference(kind):
   if kind == 'mlp':
-    student, teacher = models.MLP(hidden=(3,), num_classes=C), models.MLP(hidden=(9, 9),
-                                                                            num_classes=C)
+    student = models.MLP(hidden=(3,), num_classes=C)
+    teacher = models.MLP(hidden=(9, 9), num_classes=C)
     x = _x((B, D))
   else:
-    student, teacher = models.CNN1D(num_classes=C, channels=2), models.CNN1D(num_classes=C,
-                                                                              channels=5)
+    student = models.CNN1D(num_classes=C, channels=2)
+    teacher = models.CNN1D(num_classes=C, channels=5)
     x = _x((B, 40))
   sv, tv = _fill(student, x, 0), _fill(teacher, x, 1)
   gen = wd.weight_generator(student, teacher, x[:1])
@@ -191,8 +192,8 @@ def test_generator_errors():
   with pytest.raises(ValueError, match='last two'):  # window 3 vs 5
     gen.init(sv['params'], tv['params'])
   with pytest.raises(ValueError, match='rng'):
-    wd.WeightGenerator(pairs=(('conv2', 'conv2'),)).init(sv['params'], tv['params'],
-                                                          init='random')
+    generator = wd.WeightGenerator(pairs=(('conv2', 'conv2'),))
+    generator.init(sv['params'], tv['params'], init='random')
   with pytest.raises(ValueError, match='init'):
     gen.init(sv['params'], tv['params'], init='zeros')
   with pytest.raises(ValueError, match='twice'):
@@ -272,6 +273,7 @@ def test_phase2_starts_from_exactly_the_generated_weights():
 
 # ------------------------------------------------------------- experiment
 
+@pytest.mark.slow
 def test_experiment_quick(tmp_path, monkeypatch):
   from experiments import common
   from experiments import weight_distillation as experiment
