@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench constraints clean
+.PHONY: install demo test test-fast lint bench constraints clean
 
 install: $(STAMP)
 
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(PY) -m experiments.run --config experiments/configs/demo.py
 
-test: install
+test: lint
 	$(PY) -m pytest -n 2 -q
+
+lint: install
+	$(PY) -m flake8 kdjax experiments tests
+	$(PY) -m isort --check-only --quiet kdjax experiments tests
 
 test-fast: install
 	$(PY) -m pytest -n 2 -q -m "not slow"

@@ -72,8 +72,12 @@ def errorbar_plot(rows: Sequence[Mapping[str, object]], *, x: str, metric: str, 
                   series: str | None = None, title: str = '', xlabel: str | None = None,
                   ylabel: str = 'test accuracy (%)', percent: bool = True,
                   baselines: Mapping[str, float] | None = None,
-                  xscale: str | None = None) -> None:
-  """Plots ``metric`` mean ± std against ``x`` (one line per ``series``) into a PNG."""
+                  xscale: str | None = None) -> dict[str, list]:
+  """Plots ``metric`` mean ± std against ``x`` (one line per ``series``) into a PNG.
+
+  String ``x`` values are categories, placed in first-seen order on one axis
+  shared by all series. Returns the x positions plotted, by series name.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -84,14 +88,17 @@ def errorbar_plot(rows: Sequence[Mapping[str, object]], *, x: str, metric: str, 
   for r in rows:
     groups.setdefault(r[series] if series else '', []).append(r)
   categorical = any(isinstance(r[x], str) for r in rows)
+  # Categories keep their first-seen order; every series is placed on the same axis.
+  categories = list(dict.fromkeys(str(r[x]) for r in rows)) if categorical else []
+  positions = {}
   for name, group in groups.items():
     xs = [r[x] for r in group]
-    pos = list(range(len(xs))) if categorical else xs
+    pos = positions[str(name)] = [categories.index(str(v)) for v in xs] if categorical else xs
     ax.errorbar(pos, [scale * r[f'{metric}_mean'] for r in group],
                 yerr=[scale * r[f'{metric}_std'] for r in group], marker='o', capsize=3,
                 label=str(name) if series else None)
-    if categorical:
-      ax.set_xticks(pos, [str(v) for v in xs], rotation=20)
+  if categorical:
+    ax.set_xticks(range(len(categories)), categories, rotation=20)
   for label, value in (baselines or {}).items():
     ax.axhline(scale * value, linestyle='--', linewidth=1, color='gray')
     ax.annotate(label, (0.01, scale * value), xycoords=('axes fraction', 'data'),
@@ -107,6 +114,7 @@ def errorbar_plot(rows: Sequence[Mapping[str, object]], *, x: str, metric: str, 
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+  return positions
 
 
 def write_results(name: str, rows: Sequence[Mapping[str, object]], columns: Sequence[str], *,

@@ -6,12 +6,14 @@ Overrides go on the command line, e.g. ``--config.teacher.num_steps=500``.
 """
 
 import importlib
+import os
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import common
 from experiments import report
 
 
@@ -32,8 +34,10 @@ def main(argv):
   rows = module.run(config)
   print()
   print(report.markdown_table(rows, module.COLUMNS))
-  print(f'\nResults written under {config.get("results_dir", config.workdir)}; per-run '
-        f'metrics.csv and TensorBoard events under {config.workdir}/.')
+  if 'results' in config:
+    print(f'\nResults: {os.path.join(common.RESULTS, config.results)}/ (results.md, results.csv, '
+          'records.json, plots).')
+  print(f'Per-run metrics.csv, TensorBoard events and checkpoints: {config.workdir}/.')
 
 
 if __name__ == '__main__':
