@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from kdjax import steps
 COLUMNS = ('dataset', 'train data', 'method', 'τ', 'α', 'seeds', 'test accuracy',
            'Δ vs scratch (paired)', 'agreement w/ teacher')
 ACC, DELTA, AGREE = 'test accuracy', 'Δ vs scratch (paired)', 'agreement w/ teacher'
+VS_KD = 'Δ vs KD (paired)'
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -191,6 +192,43 @@ def paired_wins(records: Sequence[Mapping[str, Any]], **where) -> tuple[int, int
   """``(wins, n)``: seeds where a method's accuracy beat the baseline's (``delta > 0``)."""
   sel = [r for r in records if all(r[k] == v for k, v in where.items())]
   return sum(r['delta'] > 0 for r in sel), len(sel)
+
+
+def collect_vs_kd(config, methods_for: Callable[[Setup], Sequence[tuple]]) -> list[dict]:
+  """Trains ``methods_for(setup)`` for every dataset and seed; adds paired deltas.
+
+  ``methods_for`` gives ``(method, setting, terms)`` triples, among them
+  ``'scratch'`` and ``'KD'``; every record gets ``delta`` (vs scratch) and
+  ``vs_kd`` (vs KD), paired by dataset and seed.
+  """
+  records = []
+  start = time.perf_counter()
+  for dataset in config.datasets_run:
+    setup = train_teacher(config, dataset)
+    compared = methods_for(setup)
+    for seed in config.seeds:
+      for method, setting, terms in compared:
+        r = train_student(setup, config, seed, terms, desc=f'{method} {setting}')
+        records.append({'dataset': dataset, 'seed': seed, 'method': method,
+                        'setting': setting, 'teacher accuracy': setup.teacher_accuracy, **r})
+      print(f'{dataset} seed {seed} done ({time.perf_counter() - start:.0f}s)', flush=True)
+  add_deltas(records)
+  kd_acc = {(r['dataset'], r['seed']): r['accuracy'] for r in records if r['method'] == 'KD'}
+  for r in records:
+    r['vs_kd'] = r['accuracy'] - kd_acc[(r['dataset'], r['seed'])]
+  return records
+
+
+def summarise_vs_kd(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+  """:func:`summarise` by (dataset, method, setting), with the paired Δ vs KD column."""
+  rows = summarise(records, ['dataset', 'method', 'setting'])
+  vs_kd = common.aggregate(records, ['dataset', 'method', 'setting'], ['vs_kd'],
+                           percent=['vs_kd'])
+  for row, v in zip(rows, vs_kd):
+    row['vs_kd_mean'], row['vs_kd_std'] = v['vs_kd_mean'], v['vs_kd_std']
+    row[VS_KD] = '-' if row['method'] in ('KD', 'scratch') else (
+        f"{100 * v['vs_kd_mean']:+.1f} ± {100 * v['vs_kd_std']:.1f}")
+  return rows
 
 
 def fresh_results(config) -> str:

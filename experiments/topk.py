@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +32,7 @@ from kdjax import losses
 from kdjax import steps
 
 
-COLUMNS = ('dataset', 'method', 'setting', 'seeds', base.ACC, base.DELTA, 'Δ vs KD (paired)',
-           base.AGREE)
+COLUMNS = ('dataset', 'method', 'setting', 'seeds', base.ACC, base.DELTA, base.VS_KD, base.AGREE)
 
 
 def _kd_sim_loss(student_logits, labels, *, kernel, temperature):
@@ -64,36 +62,19 @@ def methods(config, kernel: jax.Array) -> list[tuple[str, str, tuple]]:
 
 def collect(config) -> list[dict]:
   """Trains every method for every dataset and seed; returns one record per run."""
-  records = []
-  start = time.perf_counter()
-  for dataset in config.datasets_run:
-    setup = base.train_teacher(config, dataset)
+
+  def methods_for(setup):
     teacher_params = checkpoint.load_variables(setup.teacher_checkpoint)['params']
-    kernel = jnp.asarray(teacher_params['classifier']['kernel'])  # [D, C]
-    for seed in config.seeds:
-      for method, setting, terms in methods(config, kernel):
-        r = base.train_student(setup, config, seed, terms, desc=f'{method} {setting}')
-        records.append({'dataset': dataset, 'seed': seed, 'method': method,
-                        'setting': setting, 'teacher accuracy': setup.teacher_accuracy, **r})
-      print(f'{dataset} seed {seed} done ({time.perf_counter() - start:.0f}s)', flush=True)
-  base.add_deltas(records)
-  kd_acc = {(r['dataset'], r['seed']): r['accuracy'] for r in records if r['method'] == 'KD'}
-  for r in records:
-    r['vs_kd'] = r['accuracy'] - kd_acc[(r['dataset'], r['seed'])]
-  return records
+    return methods(config, jnp.asarray(teacher_params['classifier']['kernel']))  # [D, C]
+
+  return base.collect_vs_kd(config, methods_for)
 
 
 def write(config, records: list[dict]) -> list[dict]:
   """Writes records.json, the table, plots and verdict; returns the table rows."""
   out_dir = common.results_dir(config.results)
   common.save_records(records, os.path.join(out_dir, 'records.json'))
-  rows = base.summarise(records, ['dataset', 'method', 'setting'])
-  vs_kd = common.aggregate(records, ['dataset', 'method', 'setting'], ['vs_kd'],
-                           percent=['vs_kd'])
-  for row, v in zip(rows, vs_kd):
-    row['vs_kd_mean'], row['vs_kd_std'] = v['vs_kd_mean'], v['vs_kd_std']
-    row['Δ vs KD (paired)'] = '-' if row['method'] in ('KD', 'scratch') else (
-        f"{100 * v['vs_kd_mean']:+.1f} ± {100 * v['vs_kd_std']:.1f}")
+  rows = base.summarise_vs_kd(records)
   for dataset in config.datasets_run:
     sel = [dict(r, label=f"{r['method']} {r['setting']}".strip(' -'))
            for r in rows if r['dataset'] == dataset]

@@ -38,6 +38,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from experiments.bench._measure import compiled_flops
+from experiments.bench._measure import compiled_memory
+from experiments.bench._measure import matmul_peak
+from experiments.bench._measure import rss_bytes
 from kdjax import cache as kc
 from kdjax import data as kdata
 from kdjax import models
@@ -57,49 +61,6 @@ SUITE = {
                       100),
     'resnet20→mlp (digits)': ('digits', ('resnet20', {}), ('mlp', {'hidden': (32,)}), 100),
 }
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-  """Measured float32 FLOP/s of an ``n³`` matmul (best of ``repeats``)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
-  f(a, b).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n**3 / best
-
-
-def rss_bytes() -> int:
-  """The process's current resident set size (Linux ``/proc/self/status``)."""
-  try:
-    with open('/proc/self/status') as f:
-      for line in f:
-        if line.startswith('VmRSS:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return -1
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get('flops', float('nan')))
-
-
-def _memory(compiled) -> dict:
-  stats = compiled.memory_analysis()
-  if stats is None:
-    return {'peak_bytes': float('nan'), 'temp_bytes': float('nan'),
-            'argument_bytes': float('nan')}
-  return {'peak_bytes': int(getattr(stats, 'peak_memory_in_bytes', -1)),
-          'temp_bytes': int(stats.temp_size_in_bytes),
-          'argument_bytes': int(stats.argument_size_in_bytes)}
 
 
 class _Runner:
@@ -174,9 +135,9 @@ def bench_pair(name: str, *, min_steps: int, min_seconds: float, rounds: int = 3
     compile_s = time.perf_counter() - t
     # Donation consumes the state: give each variant its own copy.
     runners.append(_Runner(compiled, jax.tree.map(jnp.copy, state), teacher_in, batches))
-    flops = _flops(compiled)
+    flops = compiled_flops(compiled)
     rows.append({'pair': name, 'variant': variant, 'batch': batch_size, 'flops_per_step': flops,
-                 'compile_s': compile_s, **_memory(compiled)})
+                 'compile_s': compile_s, **compiled_memory(compiled)})
   rates = [[r.rate(min_steps, min_seconds / rounds) for r in runners] for _ in range(rounds)]
   for j, row in enumerate(rows):
     best = max(round_[j] for round_ in rates)

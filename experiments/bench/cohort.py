@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.bench._measure import compiled_flops
+from experiments.bench._measure import matmul_peak
 from kdjax import cohort as co
 from kdjax import models
 from kdjax import steps
@@ -51,27 +53,6 @@ SUITE = {
     'cnn1d': ((40,), 100, (1, 2, 4, 8), 100, 3),
     'resnet20': ((32, 32, 3), 32, (1, 2, 4, 8), 1, 1),
 }
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get('flops', float('nan')))
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-  """Measured float32 FLOP/s of an ``n³`` matmul (best of ``repeats``)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
-  f(a, b).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n**3 / best
 
 
 def _timeit(runs: dict, min_steps: int, min_seconds: float, rounds: int) -> dict:
@@ -134,7 +115,7 @@ def bench_model(name: str, num_peers: int, *, in_shape, batch_size: int, min_ste
     t = time.perf_counter()
     compiled = jax.jit(co.make_cohort_step(temperature=TEMPERATURE, unroll_peers=unroll)).lower(
         cohort, batch, key).compile()
-    compile_s[variant], flops[variant] = time.perf_counter() - t, _flops(compiled)
+    compile_s[variant], flops[variant] = time.perf_counter() - t, compiled_flops(compiled)
     box = {'cohort': cohort}
 
     def run(box=box, compiled=compiled):
@@ -152,8 +133,8 @@ def bench_model(name: str, num_peers: int, *, in_shape, batch_size: int, min_ste
   sample = {n: {'logits': jnp.zeros((batch_size, 10), jnp.float32)} for n in names} or None
   update = jax.jit(peer_step).lower(peers[0], sample, batch, key).compile()
   compile_s['loop'] = time.perf_counter() - t
-  flops['loop'] = num_peers * _flops(update) + (
-      num_peers * _flops(forward) if num_peers > 1 else 0)
+  flops['loop'] = num_peers * compiled_flops(update) + (
+      num_peers * compiled_flops(forward) if num_peers > 1 else 0)
   loop_state = {'peers': peers}
 
   def run_loop():

@@ -1,0 +1,36 @@
+"""The benchmarks' measurements and a short run of each (timings are not asserted)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments.bench import _measure
+
+
+def test_compiled_flops_of_a_matmul():
+  compiled = jax.jit(jnp.matmul).lower(jnp.ones((8, 16)), jnp.ones((16, 4))).compile()
+  assert _measure.compiled_flops(compiled) == pytest.approx(2 * 8 * 16 * 4, rel=0.01)
+
+
+def test_compiled_memory_and_rss_are_reported():
+  compiled = jax.jit(lambda x: x * 2).lower(jnp.ones((256,))).compile()
+  memory = _measure.compiled_memory(compiled)
+  assert memory['argument_bytes'] == 1024
+  assert _measure.rss_bytes() > 0
+  assert _measure.matmul_peak(n=64, repeats=2) > 0
+
+
+@pytest.mark.slow
+def test_cohort_bench_row_for_one_model():
+  from experiments.bench import cohort
+  row = cohort.bench_model('mlp', 2, in_shape=(40,), batch_size=8, min_steps=1,
+                           min_seconds=0.0, rounds=1)
+  assert row['model'] == 'mlp' and row['K'] == 2
+  for variant in ('vmapped', 'unrolled', 'loop'):
+    assert row[f'{variant}_steps_per_s'] > 0 and row[f'{variant}_flops_per_step'] > 0
+  # The loop recomputes each peer's forward for the targets, so it counts more FLOPs.
+  assert row['loop_flops_per_step'] > row['vmapped_flops_per_step']
+  table = cohort.markdown({'rows': [row], 'matmul_peak_flop_per_s': 1e11, 'jax': jax.__version__,
+                           'device': 'cpu', 'cpu_count': 2, 'load_average_start': 0.0,
+                           'load_average_end': 0.0})
+  assert '| mlp | 2 | 8 |' in table
