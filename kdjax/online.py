@@ -58,16 +58,6 @@ EXIT_FEATURES = 'exit_features'
 
 # --------------------------------------------------------------------- losses
 
-def _check_range(value, name: str, low: float, high: float = float('inf')) -> None:
-  """Raises a ``ValueError`` if a concrete option is outside ``[low, high]`` (tracers pass)."""
-  if isinstance(value, jax.core.Tracer):
-    return
-  if not np.all((np.asarray(value) >= low) & (np.asarray(value) <= high)):
-    bounds = f'[{low:g}, {high:g}]' if high != float('inf') else f'>= {low:g}'
-    raise ValueError(f'`{name}` must be {"in " if high != float("inf") else ""}{bounds}, '
-                     f'got {value}.')
-
-
 def _check_heads(head_logits, labels, name: str):
   """Checks ``[K, ..., C]`` logits and ``[...]`` labels; returns float logits and labels."""
   head_logits = _checks.as_float(head_logits, name)
@@ -234,9 +224,9 @@ def byot_loss_terms(exit_logits: jax.Array, exit_features: jax.Array, labels: ja
     raise ValueError(
         f'`exit_features` must start with the leading axes {lead} of `exit_logits`, got shape '
         f'{exit_features.shape}.')
-  _check_range(alpha, 'alpha', 0.0, 1.0)
+  _checks.check_in_range(alpha, 'alpha', 0.0, 1.0)
   _checks.check_positive(temperature, 'temperature')
-  _check_range(feature_weight, 'feature_weight', 0.0)
+  _checks.check_in_range(feature_weight, 'feature_weight', 0.0, float('inf'))
   if feature_reduction not in ('sum', 'mean'):
     raise ValueError(f"`feature_reduction` must be 'sum' or 'mean', got {feature_reduction!r}.")
   if target_logits is None:
@@ -488,9 +478,9 @@ def make_byot_step(*, alpha: float = 0.3, temperature: float = 3.0, feature_weig
     >>> sorted(k for k in metrics if k.startswith('accuracy/'))
     ['accuracy/exit1', 'accuracy/exit2', 'accuracy/exit3']
   """
-  _check_range(alpha, 'alpha', 0.0, 1.0)
+  _checks.check_in_range(alpha, 'alpha', 0.0, 1.0)
   _checks.check_positive(temperature, 'temperature')
-  _check_range(feature_weight, 'feature_weight', 0.0)
+  _checks.check_in_range(feature_weight, 'feature_weight', 0.0, float('inf'))
   if feature_reduction not in ('sum', 'mean'):
     raise ValueError(f"`feature_reduction` must be 'sum' or 'mean', got {feature_reduction!r}.")
 

@@ -1,13 +1,29 @@
 """Pure-function distillation losses.
 
 Every loss is a plain function of arrays: arrays first, options keyword-only,
-no reduction over examples (per-example losses map ``[..., C] -> [...]``;
-batch-level losses are marked as such), no ``stop_gradient`` (the train step
-decides what is held constant). Inputs in float16/bfloat16 are computed in
-float32. Bad shapes, dtypes or options raise a ``ValueError`` naming the
-argument at trace time. See ``docs/losses.md`` for the full table.
+no ``stop_gradient`` (the train step decides what is held constant).
+Per-example losses do not reduce over examples (``[..., C] -> [...]``, or
+``[B, ...] -> [B]`` where documented); the batch-level losses (``dist_loss``,
+``similarity_preserving``, ``rkd_distance``, ``rkd_angle``, ``pkt``,
+``cc_loss``) couple the examples of one ``[B, ...]`` batch (axis 0, no further
+leading axes) and return a scalar. Inputs in float16/bfloat16 are computed in
+float32. Bad shapes, dtypes or concrete options raise a ``ValueError`` naming
+the argument at trace time; traced options (e.g. schedules under ``jit``) are
+not range-checked. See ``docs/losses.md`` for the full table.
 """
 
+# Task-specific losses (detection, segmentation, transformers, metric learning).
+from kdjax.losses._detection import bounded_regression
+from kdjax.losses._detection import localization_distillation
+from kdjax.losses._detection import weighted_soft_cross_entropy
+# Feature, embedding and relational losses.
+from kdjax.losses._features import attention_transfer
+from kdjax.losses._features import factor_transfer
+from kdjax.losses._features import fsp_loss
+from kdjax.losses._features import fsp_matrix
+from kdjax.losses._features import hint_l2
+from kdjax.losses._features import nst_mmd
+from kdjax.losses._features import vid
 # Logit losses.
 from kdjax.losses._logits import class_similarity_distillation
 from kdjax.losses._logits import cross_entropy
@@ -18,29 +34,13 @@ from kdjax.losses._logits import kl_distillation
 from kdjax.losses._logits import mutual_kl
 from kdjax.losses._logits import teacher_label_smoothing
 from kdjax.losses._logits import topk_distillation
-# [logits: more names here]
-
-# Feature, embedding and relational losses.
-from kdjax.losses._features import attention_transfer
-from kdjax.losses._features import factor_transfer
-from kdjax.losses._features import fsp_loss
-from kdjax.losses._features import fsp_matrix
-from kdjax.losses._features import hint_l2
-from kdjax.losses._features import nst_mmd
-from kdjax.losses._features import vid
+from kdjax.losses._metric import triplet_distillation
 from kdjax.losses._relational import cc_loss
 from kdjax.losses._relational import crd_nce
 from kdjax.losses._relational import pkt
 from kdjax.losses._relational import rkd_angle
 from kdjax.losses._relational import rkd_distance
 from kdjax.losses._relational import similarity_preserving
-# [features: names here]
-
-# Task-specific losses (detection, segmentation, transformers, metric learning).
-from kdjax.losses._detection import bounded_regression
-from kdjax.losses._detection import localization_distillation
-from kdjax.losses._detection import weighted_soft_cross_entropy
-from kdjax.losses._metric import triplet_distillation
 from kdjax.losses._segmentation import gradient_penalty
 from kdjax.losses._segmentation import holistic_discriminator_loss
 from kdjax.losses._segmentation import holistic_generator_loss
@@ -48,4 +48,10 @@ from kdjax.losses._segmentation import pairwise_similarity_kd
 from kdjax.losses._segmentation import pixelwise_kd
 from kdjax.losses._transformer import attention_kl
 from kdjax.losses._transformer import hidden_state_mse
+
+
+# [logits: more names here]
+
+# [features: names here]
+
 # [tasks: names here]

@@ -50,16 +50,45 @@ def check_rank(x, rank: int, name: str) -> None:
     raise ValueError(f'`{name}` must have {rank} dimension(s), got shape {jnp.shape(x)}.')
 
 
+def is_traced(value) -> bool:
+  """Whether ``value`` is an abstract JAX value (a tracer) rather than a concrete one.
+
+  Options such as a temperature or a loss weight may be traced, e.g. a schedule
+  computed inside ``jax.jit`` or a weight that is differentiated or vmapped. Their
+  value is unknown at trace time, so range checks skip them. This is the one place
+  the losses test for tracers; ``jax.core.Tracer`` is the public base class of all
+  of them (``jit``, ``vmap``, ``grad``, ``shard_map``).
+  """
+  return isinstance(value, jax.core.Tracer)
+
+
 def check_positive(value, name: str) -> None:
   """Raises a ``ValueError`` if a concrete scalar option is not > 0.
 
   Traced values (e.g. a temperature schedule under ``jit``) cannot be checked at
   trace time and are accepted.
   """
-  if isinstance(value, jax.core.Tracer):
+  if is_traced(value):
     return
   if not np.all(np.asarray(value) > 0):
     raise ValueError(f'`{name}` must be > 0, got {value}.')
+
+
+def check_in_range(value, name: str, low: float, high: float, *,
+                   include_high: bool = True) -> None:
+  """Raises a ``ValueError`` if a concrete option lies outside ``[low, high]``.
+
+  With ``include_high=False`` the interval is ``[low, high)``. NaN is rejected.
+  Traced values (e.g. a loss-weight schedule under ``jit``) cannot be checked at
+  trace time and are accepted.
+  """
+  if is_traced(value):
+    return
+  v = np.asarray(value)
+  inside = (v >= low) & ((v <= high) if include_high else (v < high))
+  if not np.all(inside):
+    bounds = f'[{low:g}, {high:g}{"]" if include_high else ")"}'
+    raise ValueError(f'`{name}` must be in {bounds}, got {value}.')
 
 
 def check_labels(labels, logits, name: str = 'labels', logits_name: str = 'logits') -> jax.Array:
@@ -94,11 +123,13 @@ def check_where(where, shape, name: str = 'where') -> Optional[jax.Array]:
   where = jnp.asarray(where)
   if where.dtype != jnp.bool_:
     raise ValueError(f'`{name}` must be a boolean mask, got dtype {where.dtype}.')
+  shape = tuple(shape)
   try:
-    jnp.broadcast_shapes(where.shape, tuple(shape))
+    ok = jnp.broadcast_shapes(where.shape, shape) == shape
   except ValueError:
-    raise ValueError(
-        f'`{name}` with shape {where.shape} does not broadcast to {tuple(shape)}.') from None
+    ok = False
+  if not ok:
+    raise ValueError(f'`{name}` with shape {where.shape} does not broadcast to {shape}.')
   return jnp.broadcast_to(where, shape)
 
 

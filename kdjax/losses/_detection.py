@@ -18,7 +18,7 @@ from kdjax.losses._logits import kl_distillation
 
 def _check_nonnegative(value, name: str) -> None:
   """Raises a ``ValueError`` if a concrete scalar option is negative or not a scalar."""
-  if isinstance(value, jax.core.Tracer):
+  if _checks.is_traced(value):
     if jnp.ndim(value) != 0:
       raise ValueError(f'`{name}` must be a scalar, got shape {jnp.shape(value)}.')
     return
@@ -88,7 +88,7 @@ def weighted_soft_cross_entropy(
         f'`student_logits`), got {w.shape}.')
   if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
     raise ValueError(f'`class_weights` must be numeric, got dtype {w.dtype}.')
-  if not isinstance(w, jax.core.Tracer) and np.any(np.asarray(w) < 0):
+  if not _checks.is_traced(w) and np.any(np.asarray(w) < 0):
     raise ValueError(f'`class_weights` must be >= 0, got {w}.')
   w = w.astype(dtype)
   log_q = jax.nn.log_softmax(s.astype(dtype) / temperature, axis=-1)

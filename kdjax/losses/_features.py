@@ -5,6 +5,14 @@ Features are channels-last: ``[..., H, W, C]`` for spatial maps and
 ``feature_ndim`` axes. No loss reduces over examples and none calls
 ``stop_gradient``; adapters, regressors and paraphrasers are the caller's
 models.
+
+Masks (``where=``) follow one convention: a masked entry is left out as if it
+had been sliced away (also out of every normalisation), averages count only the
+kept entries, a fully masked example gives 0, and masked entries get no
+gradient. The flattened losses (:func:`hint_l2`, :func:`factor_transfer`,
+:func:`vid`) mask feature entries (a mask broadcastable to the input shape);
+the spatial ones (:func:`attention_transfer`, :func:`nst_mmd`) mask positions
+(a mask broadcastable to ``[..., H, W]``).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.losses import _checks
+
 
 # Floor on vector norms before dividing: ``x / max(‖x‖, _NORM_EPS)``. An
 # all-zero vector normalises to zero and has a finite (zero-scaled) gradient.
@@ -50,6 +59,18 @@ def _feature_axes(x, feature_ndim: Optional[int], name: str) -> tuple[int, ...]:
         f'`feature_ndim` must be an int in [1, {ndim}] for `{name}` of shape '
         f'{jnp.shape(x)}, got {feature_ndim!r}.')
   return tuple(range(ndim - feature_ndim, ndim))
+
+
+def _flatten_where(where: Optional[jax.Array], ndim: int) -> Optional[jax.Array]:
+  """Flattens the trailing ``ndim`` axes of a (broadcast) mask, keeping ``None``."""
+  if where is None:
+    return None
+  return where.reshape(where.shape[:where.ndim - ndim] + (-1,))
+
+
+def _zero_masked(x: jax.Array, where: Optional[jax.Array]) -> jax.Array:
+  """``x`` with masked entries set to 0, so they add nothing (and get no gradient)."""
+  return x if where is None else jnp.where(where, x, 0.0)
 
 
 def _check_spatial_pair(s, t, name_s: str, name_t: str) -> None:
@@ -109,11 +130,12 @@ def hint_l2(
   s, t = _floats((student_features, 'student_features'),
                  (teacher_features, 'teacher_features'))
   where = _checks.check_where(where, s.shape)
-  return _checks.masked_mean(jnp.square(s - t), where, axis=axes)
+  return _checks.masked_mean(jnp.square(_zero_masked(s - t, where)), where, axis=axes)
 
 
-def _attention_map(f: jax.Array, p) -> jax.Array:
-  """``[..., H, W, C] -> [..., H·W]``: normalised ``mean_c |F_c|^p``."""
+def _attention_map(f: jax.Array, p, where: Optional[jax.Array]) -> jax.Array:
+  """``[..., H, W, C] -> [..., H·W]``: normalised ``mean_c |F_c|^p`` over kept positions."""
+  f = _zero_masked(f, None if where is None else where[..., None])
   a = jnp.mean(jnp.abs(f) ** p, axis=-1)
   return _l2_normalize(a.reshape(a.shape[:-2] + (-1,)), axis=-1)
 
@@ -123,6 +145,7 @@ def attention_transfer(
     teacher_features: jax.Array,
     *,
     p: float = 2,
+    where: Optional[jax.Array] = None,
 ) -> jax.Array:
   r"""Activation-based attention transfer (AT).
 
@@ -141,13 +164,19 @@ def attention_transfer(
     p: exponent ``p >= 1`` (the paper uses 2). Values below 1 are rejected:
       ``|x|^p`` then has an infinite gradient at the exact zeros ReLU features
       are full of.
+    where: optional boolean mask broadcastable to ``[..., H, W]`` selecting
+      the valid spatial positions (e.g. not padding). Masked positions are
+      left out of the attention maps, of their normalisation and of the mean,
+      which equals computing the loss on the kept positions only (e.g. a
+      rectangular mask equals cropping both maps). An example with no valid
+      position gives 0.
 
   Returns:
     ``[...]`` per-example loss, in at least float32.
 
   Raises:
     ValueError: for inputs of rank < 3, mismatched ``[..., H, W]``,
-      non-floating inputs or ``p < 1``.
+      non-floating inputs, a bad mask or ``p < 1``.
 
   References:
     Zagoruyko & Komodakis, "Paying More Attention to Attention: Improving the
@@ -164,11 +193,13 @@ def attention_transfer(
   """
   _check_spatial_pair(student_features, teacher_features,
                       'student_features', 'teacher_features')
-  if not isinstance(p, jax.core.Tracer) and not p >= 1:
+  if not _checks.is_traced(p) and not p >= 1:
     raise ValueError(f'`p` must be >= 1, got {p}.')
   s, t = _floats((student_features, 'student_features'),
                  (teacher_features, 'teacher_features'))
-  return jnp.mean(jnp.square(_attention_map(s, p) - _attention_map(t, p)), axis=-1)
+  where = _checks.check_where(where, s.shape[:-1])
+  diff = _attention_map(s, p, where) - _attention_map(t, p, where)
+  return _checks.masked_mean(jnp.square(diff), _flatten_where(where, 2), axis=-1)
 
 
 def nst_mmd(
@@ -176,6 +207,7 @@ def nst_mmd(
     teacher_features: jax.Array,
     *,
     kernel: str = 'polynomial',
+    where: Optional[jax.Array] = None,
 ) -> jax.Array:
   r"""Neuron selectivity transfer: squared MMD between channel distributions.
 
@@ -192,13 +224,19 @@ def nst_mmd(
       the channel axis must match the student's.
     kernel: ``'polynomial'`` for ``k(x, y) = (xᵀy)²`` (the paper's main
       choice, ``d = 2, c = 0``) or ``'linear'`` for ``k(x, y) = xᵀy``.
+    where: optional boolean mask broadcastable to ``[..., H, W]`` selecting
+      the valid spatial positions. Each channel's sample vector is restricted
+      to the kept positions (before its normalisation), which equals
+      computing the loss on the kept positions only (e.g. a rectangular mask
+      equals cropping both maps). The mean over channel pairs is unchanged.
+      An example with no valid position has all-zero samples and gives 0.
 
   Returns:
     ``[...]`` per-example loss, in at least float32.
 
   Raises:
     ValueError: for inputs of rank < 3, mismatched ``[..., H, W]``,
-      non-floating inputs or an unknown ``kernel``.
+      non-floating inputs, a bad mask or an unknown ``kernel``.
 
   References:
     Huang & Wang, "Like What You Like: Knowledge Distill via Neuron
@@ -220,8 +258,10 @@ def nst_mmd(
                       'student_features', 'teacher_features')
   s, t = _floats((student_features, 'student_features'),
                  (teacher_features, 'teacher_features'))
+  where = _checks.check_where(where, s.shape[:-1])
 
   def samples(f):
+    f = _zero_masked(f, None if where is None else where[..., None])
     f = f.reshape(f.shape[:-3] + (-1, f.shape[-1]))  # [..., HW, C]
     return _l2_normalize(f, axis=-2)
 
@@ -241,6 +281,7 @@ def factor_transfer(
     *,
     p: int = 1,
     feature_ndim: Optional[int] = None,
+    where: Optional[jax.Array] = None,
 ) -> jax.Array:
   r"""Factor transfer (FT): distance between L2-normalised factors.
 
@@ -258,6 +299,10 @@ def factor_transfer(
     p: 1 or 2.
     feature_ndim: number of trailing axes flattened per example; ``None``
       (default) uses all axes after the first, ``[B, ...] -> [B]``.
+    where: optional boolean mask broadcastable to the shape of
+      ``student_factors``; only entries where it is True enter the
+      normalisation and the mean (``n`` counts the kept entries), which
+      equals slicing them out. A fully masked example gives 0.
 
   Returns:
     Per-example loss with the leading (non-flattened) axes, in at least
@@ -265,7 +310,7 @@ def factor_transfer(
 
   Raises:
     ValueError: for mismatched shapes, non-floating inputs, ``p`` not in
-      ``{1, 2}`` or a bad ``feature_ndim``.
+      ``{1, 2}``, a bad ``feature_ndim`` or a bad mask.
 
   References:
     Kim, Park & Kwak, "Paraphrasing Complex Network: Network Compression via
@@ -275,8 +320,8 @@ def factor_transfer(
     >>> import jax.numpy as jnp
     >>> from kdjax.losses import factor_transfer
     >>> s, t = jnp.array([[3.0, 4.0]]), jnp.array([[8.0, 6.0]])
-    >>> factor_transfer(s, t)  # mean(|0.6 - 0.8|, |0.8 - 0.6|)
-    Array([0.2], dtype=float32)
+    >>> round(float(factor_transfer(s, t)[0]), 4)  # mean(|0.6 - 0.8|, |0.8 - 0.6|)
+    0.2
   """
   if p not in (1, 2) or isinstance(p, bool):
     raise ValueError(f'`p` must be 1 or 2, got {p!r}.')
@@ -284,11 +329,12 @@ def factor_transfer(
                            'student_factors', 'teacher_factors')
   axes = _feature_axes(student_factors, feature_ndim, 'student_factors')
   s, t = _floats((student_factors, 'student_factors'), (teacher_factors, 'teacher_factors'))
+  where = _flatten_where(_checks.check_where(where, s.shape), len(axes))
   lead = s.shape[:s.ndim - len(axes)]
-  s = _l2_normalize(s.reshape(lead + (-1,)), axis=-1)
-  t = _l2_normalize(t.reshape(lead + (-1,)), axis=-1)
+  s = _l2_normalize(_zero_masked(s.reshape(lead + (-1,)), where), axis=-1)
+  t = _l2_normalize(_zero_masked(t.reshape(lead + (-1,)), where), axis=-1)
   diff = s - t
-  return jnp.mean(jnp.abs(diff) if p == 1 else jnp.square(diff), axis=-1)
+  return _checks.masked_mean(jnp.abs(diff) if p == 1 else jnp.square(diff), where, axis=-1)
 
 
 def vid(
@@ -298,6 +344,7 @@ def vid(
     *,
     include_constant: bool = False,
     feature_ndim: Optional[int] = None,
+    where: Optional[jax.Array] = None,
 ) -> jax.Array:
   r"""Variational information distillation (VID): Gaussian negative log-likelihood.
 
@@ -322,6 +369,10 @@ def vid(
     include_constant: add ``½ log 2π`` so the value is the exact Gaussian NLL.
     feature_ndim: number of trailing axes averaged per example; ``None``
       (default) averages all axes after the first, ``[B, ...] -> [B]``.
+    where: optional boolean mask broadcastable to the shape of
+      ``teacher_features``; only entries where it is True enter the mean,
+      which equals slicing them out (of all three arrays). A fully masked
+      example gives 0.
 
   Returns:
     Per-example loss with the leading (non-averaged) axes, in at least
@@ -329,8 +380,8 @@ def vid(
 
   Raises:
     ValueError: for a ``mean`` of another shape, a ``log_variance`` that does
-      not broadcast to the teacher's shape, non-floating inputs or a bad
-      ``feature_ndim``.
+      not broadcast to the teacher's shape, non-floating inputs, a bad
+      ``feature_ndim`` or a bad mask.
 
   References:
     Ahn, Hu, Damianou, Lawrence & Dai, "Variational Information Distillation
@@ -355,10 +406,11 @@ def vid(
     raise ValueError(
         f'`log_variance` with shape {log_var.shape} must broadcast to the shape '
         f'of `teacher_features` {t.shape}.')
-  nll = 0.5 * (log_var + jnp.square(t - mu) * jnp.exp(-log_var))
+  where = _checks.check_where(where, t.shape)
+  nll = 0.5 * (log_var + jnp.square(_zero_masked(t - mu, where)) * jnp.exp(-log_var))
   if include_constant:
     nll = nll + 0.5 * math.log(2.0 * math.pi)
-  return jnp.mean(nll, axis=axes)
+  return _checks.masked_mean(nll, where, axis=axes)
 
 
 def _fsp(x, y, name_x: str, name_y: str) -> jax.Array:

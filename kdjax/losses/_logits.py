@@ -39,14 +39,16 @@ def cross_entropy(
   Args:
     logits: ``[..., C]`` unnormalised scores.
     labels: ``[...]`` integer class indices.
-    label_smoothing: mass in ``[0, 1)`` spread uniformly over all classes.
+    label_smoothing: scalar mass in ``[0, 1)`` spread uniformly over all
+      classes. May be a traced value (e.g. a schedule under ``jax.jit``); its
+      range is then not checked.
 
   Returns:
     ``[...]`` per-example cross-entropy, in at least float32.
 
   Raises:
     ValueError: for a non-floating ``logits``, non-integer or wrongly shaped
-      ``labels``, or ``label_smoothing`` outside ``[0, 1)``.
+      ``labels``, or a concrete ``label_smoothing`` outside ``[0, 1)``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -57,14 +59,18 @@ def cross_entropy(
   logits = _checks.as_float(logits, 'logits')
   _checks.check_min_rank(logits, 1, 'logits')
   labels = _checks.check_labels(labels, logits, 'labels', 'logits')
-  if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f'`label_smoothing` must be in [0, 1), got {label_smoothing}.')
+  _checks.check_in_range(label_smoothing, 'label_smoothing', 0.0, 1.0, include_high=False)
   num_classes = logits.shape[-1]
   log_p = jax.nn.log_softmax(logits, axis=-1)
   safe_labels = jnp.clip(labels, 0, num_classes - 1)[..., None]
   nll = -jnp.take_along_axis(log_p, safe_labels, axis=-1)[..., 0]
-  loss = nll if label_smoothing == 0.0 else (
-      (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1))
+  traced = _checks.is_traced(label_smoothing)
+  if not traced and np.all(np.asarray(label_smoothing) == 0.0):
+    loss = nll
+  else:
+    smoothed = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1)
+    # A traced 0 must give exactly `nll`, also for -inf logits (0 · -inf = NaN).
+    loss = jnp.where(label_smoothing == 0.0, nll, smoothed) if traced else smoothed
   valid = (labels >= 0) & (labels < num_classes)
   return jnp.where(valid, loss, jnp.nan)
 
@@ -141,14 +147,18 @@ def hinton_kd(
     teacher_logits: ``[..., C]`` teacher logits.
     labels: ``[...]`` integer ground-truth classes.
     temperature: softmax temperature τ > 0 of the soft term (typical: 4).
-    alpha: weight in ``[0, 1]`` of the hard-label cross-entropy.
+    alpha: weight in ``[0, 1]`` of the hard-label cross-entropy. May be a
+      traced value (e.g. an α schedule under ``jax.jit``); its range is then
+      not checked.
 
   Returns:
-    ``[...]`` per-example loss.
+    ``[...]`` per-example loss, in at least float32. With ``α = 0`` it is
+    :func:`kl_distillation`, with ``α = 1`` :func:`cross_entropy` (a label
+    outside ``[0, C)`` gives NaN for that example, as there).
 
   Raises:
-    ValueError: for mismatched shapes, bad labels, ``temperature <= 0`` or
-      ``alpha`` outside ``[0, 1]``.
+    ValueError: for mismatched shapes, non-floating logits, bad labels, a
+      concrete ``temperature <= 0`` or a concrete ``alpha`` outside ``[0, 1]``.
 
   References:
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
@@ -160,9 +170,15 @@ def hinton_kd(
     >>> s = jnp.array([[0.0, 0.0]])
     >>> hinton_kd(s, s, jnp.array([0]), alpha=1.0)
     Array([0.6931472], dtype=float32)
+
+    ``alpha`` (like ``temperature``) may be traced, e.g. scheduled in a step:
+
+    >>> import jax
+    >>> step = jax.jit(lambda alpha: hinton_kd(s, s, jnp.array([0]), alpha=alpha))
+    >>> step(jnp.float32(0.5))  # ½·log 2 + ½·0
+    Array([0.3465736], dtype=float32)
   """
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f'`alpha` must be in [0, 1], got {alpha}.')
+  _checks.check_in_range(alpha, 'alpha', 0.0, 1.0)
   soft = kl_distillation(student_logits, teacher_logits, temperature=temperature)
   hard = cross_entropy(student_logits, labels)
   return alpha * hard + (1.0 - alpha) * soft
@@ -177,7 +193,7 @@ def _neg_fill(dtype) -> float:
 
 def _check_nonnegative(value, name: str) -> None:
   """Raises a ``ValueError`` if a concrete scalar option is negative (tracers pass)."""
-  if isinstance(value, jax.core.Tracer):
+  if _checks.is_traced(value):
     return
   if not np.all(np.asarray(value) >= 0):
     raise ValueError(f'`{name}` must be >= 0, got {value}.')
@@ -274,8 +290,9 @@ def topk_distillation(
     >>> from kdjax.losses import kl_distillation, topk_distillation
     >>> t = jnp.log(jnp.array([[0.5, 0.3, 0.1, 0.1]]))
     >>> s = jnp.log(jnp.array([[0.5, 0.5 / 3, 0.5 / 3, 0.5 / 3]]))
-    >>> topk_distillation(s, t, k=1)  # the target is exactly softmax(s)
-    Array([0.], dtype=float32)
+    >>> loss = topk_distillation(s, t, k=1)  # the target is exactly softmax(s)
+    >>> bool(jnp.abs(loss).max() < 1e-6)  # 0 up to float32 rounding
+    True
     >>> bool(jnp.allclose(topk_distillation(s, t, k=4), kl_distillation(s, t)))
     True
   """
@@ -352,8 +369,12 @@ def teacher_label_smoothing(
     >>> from kdjax.losses import teacher_label_smoothing
     >>> t = jnp.log(jnp.array([[0.1, 0.6, 0.3]]))
     >>> s = jnp.log(jnp.array([[0.2, 0.6, 0.2]]))  # equals the target for y = 1
-    >>> teacher_label_smoothing(s, t, jnp.array([1]))
-    Array([0.], dtype=float32)
+    >>> loss = teacher_label_smoothing(s, t, jnp.array([1]))
+    >>> bool(jnp.abs(loss).max() < 1e-6)  # 0 up to float32 rounding
+    True
+    >>> uniform = jnp.zeros((1, 3))  # KL([0.2, 0.6, 0.2] ‖ [1/3, 1/3, 1/3])
+    >>> round(float(teacher_label_smoothing(uniform, t, jnp.array([1]))[0]), 4)
+    0.1483
   """
   s, t = _student_teacher(student_logits, teacher_logits, temperature)
   _check_two_classes(s, 'student_logits')

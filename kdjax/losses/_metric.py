@@ -8,6 +8,7 @@ import numpy as np
 
 from kdjax.losses import _checks
 
+
 _DISTANCES = ('euclidean', 'squared_euclidean', 'cosine')
 
 
@@ -87,7 +88,7 @@ def triplet_distillation(
   _checks.check_min_rank(student_embeddings, 1, 'student_embeddings')
   if jnp.ndim(margin) != 0:
     raise ValueError(f'`margin` must be a scalar, got shape {jnp.shape(margin)}.')
-  if not isinstance(margin, jax.core.Tracer) and not np.asarray(margin) >= 0:
+  if not _checks.is_traced(margin) and not np.asarray(margin) >= 0:
     raise ValueError(f'`margin` must be >= 0, got {margin}.')
   a = _checks.as_float(student_embeddings, 'student_embeddings')
   p = _checks.as_float(teacher_positive, 'teacher_positive')

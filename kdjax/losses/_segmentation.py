@@ -83,26 +83,33 @@ def _pool_size(pool_size, name: str = 'pool_size') -> Optional[tuple[int, int]]:
   except TypeError:
     raise ValueError(
         f'`{name}` must be None, an int or a pair of ints, got {pool_size!r}.') from None
-  if (len(pool_size) != 2 or not all(isinstance(b, int) and not isinstance(b, bool)
-                                      for b in pool_size) or min(pool_size) < 1):
+  ints = all(isinstance(b, int) and not isinstance(b, bool) for b in pool_size)
+  if len(pool_size) != 2 or not ints or min(pool_size) < 1:
     raise ValueError(f'`{name}` must be None, a positive int or a pair of them, got {pool_size!r}.')
   return pool_size
 
 
-def _average_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
-  """Non-overlapping ``window`` average pooling of ``[B, H, W, C]``, ceil mode.
-
-  Windows at the bottom/right border that stick out of the map average only
-  the pixels that exist.
-  """
+def _window_sum(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+  """Sums of non-overlapping ``window``s of ``[B, H, W, C]``, ceil mode (zero padding)."""
   b, h, w, c = x.shape
   bh, bw = window
   nh, nw = -(-h // bh), -(-w // bw)
   pad = ((0, 0), (0, nh * bh - h), (0, nw * bw - w), (0, 0))
-  total = jnp.pad(x, pad).reshape(b, nh, bh, nw, bw, c).sum(axis=(2, 4))
-  ones = jnp.pad(jnp.ones((h, w), x.dtype), pad[1:3])
-  count = ones.reshape(nh, bh, nw, bw).sum(axis=(1, 3))
-  return total / count[None, :, :, None]
+  return jnp.pad(x, pad).reshape(b, nh, bh, nw, bw, c).sum(axis=(2, 4))
+
+
+def _average_pool(x: jax.Array, window: tuple[int, int],
+                  where: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+  """Non-overlapping ``window`` average pooling of ``[B, H, W, C]``, ceil mode.
+
+  Windows at the bottom/right border that stick out of the map average only
+  the pixels that exist; with a ``[B, H, W]`` mask, only the valid pixels
+  (``x`` must already be 0 at the others). Returns the pooled map and a
+  ``[B, H', W']`` mask of the windows that hold at least one (valid) pixel.
+  """
+  valid = jnp.ones(x.shape[:-1], x.dtype) if where is None else where.astype(x.dtype)
+  count = _window_sum(valid[..., None], window)
+  return _window_sum(x, window) / jnp.maximum(count, 1.0), count[..., 0] > 0
 
 
 def _node_similarity(features: jax.Array) -> jax.Array:
@@ -120,6 +127,7 @@ def pairwise_similarity_kd(
     teacher_features: jax.Array,
     *,
     pool_size: Union[None, int, Sequence[int]] = None,
+    where: Optional[jax.Array] = None,
 ) -> jax.Array:
   r"""Pair-wise distillation of the spatial self-similarity of feature maps.
 
@@ -140,13 +148,21 @@ def pairwise_similarity_kd(
     teacher_features: ``[B, H, W, C_T]`` teacher feature map, same ``B, H, W``.
     pool_size: ``None`` (every position is a node), an int ``β`` or a pair
       ``(β_h, β_w)`` of pooling window sizes.
+    where: optional boolean mask broadcastable to ``[B, H, W]`` selecting the
+      valid pixels (e.g. not padding or the ignore label). Masked pixels are
+      treated as if they did not exist: without pooling they are not nodes;
+      with pooling each node averages the valid pixels of its window, and a
+      window without any is not a node. The mean runs over the ``N_v²`` pairs
+      of valid nodes, so the loss equals that of the valid nodes alone (a
+      rectangular mask equals cropping both maps; with pooling, when the
+      crop starts on the window grid). An image with no valid pixel gives 0.
 
   Returns:
     ``[B]`` per-image loss, in at least float32.
 
   Raises:
     ValueError: for inputs that are not rank 4, differ in ``B, H, W``, are not
-      floating, or a bad ``pool_size``.
+      floating, a bad mask or a bad ``pool_size``.
 
   References:
     Liu, Chen, Liu, Qin, Luo & Wang, "Structured Knowledge Distillation for
@@ -158,6 +174,10 @@ def pairwise_similarity_kd(
     >>> f_s = jnp.array([[[[1.0, 0.0]], [[0.0, 1.0]]]])   # [1, 2, 1, 2]: orthogonal nodes
     >>> f_t = jnp.array([[[[1.0, 0.0, 0.0]], [[1.0, 0.0, 0.0]]]])  # parallel nodes
     >>> pairwise_similarity_kd(f_s, f_t)
+    Array([0.5], dtype=float32)
+    >>> junk = lambda f: jnp.concatenate([f, 7.0 + f[:, :1]], axis=1)  # a third row
+    >>> valid = jnp.array([True, True, False])[:, None]  # [H, W], broadcast over B
+    >>> pairwise_similarity_kd(junk(f_s), junk(f_t), where=valid)
     Array([0.5], dtype=float32)
   """
   _checks.check_rank(student_features, 4, 'student_features')
@@ -171,10 +191,18 @@ def pairwise_similarity_kd(
   t = _checks.as_float(teacher_features, 'teacher_features')
   dtype = jnp.promote_types(s.dtype, t.dtype)
   s, t = s.astype(dtype), t.astype(dtype)
+  where = _checks.check_where(where, s.shape[:-1])
+  if where is not None:
+    s, t = (jnp.where(where[..., None], x, 0.0) for x in (s, t))
   if window is not None:
-    s, t = _average_pool(s, window), _average_pool(t, window)
+    (s, nodes), (t, _) = _average_pool(s, window, where), _average_pool(t, window, where)
+    where = None if where is None else nodes
   diff = _node_similarity(s) - _node_similarity(t)
-  return jnp.mean(jnp.square(diff), axis=(1, 2))
+  if where is None:
+    return jnp.mean(jnp.square(diff), axis=(1, 2))
+  nodes = where.reshape(where.shape[0], -1)
+  pairs = nodes[:, :, None] & nodes[:, None, :]
+  return _checks.masked_mean(jnp.square(diff), pairs, axis=(1, 2))
 
 
 def holistic_discriminator_loss(real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:

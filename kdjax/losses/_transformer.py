@@ -74,12 +74,14 @@ def attention_kl(
   q, p = q.astype(dtype), p.astype(dtype)
   query_shape = q.shape[:-3] + q.shape[-2:-1]
   where = _checks.check_where(where, query_shape)
+  row_where = None if where is None else where[..., None, :]
+  if where is not None:  # masked rows: p = 0, so they add nothing and get no gradient
+    p = jnp.where(row_where[..., None], p, 0.0)
   positive = p > 0
   tiny = jnp.finfo(dtype).tiny
   log_p = jnp.log(jnp.where(positive, p, 1.0))
   log_q = jnp.log(jnp.maximum(jnp.where(positive, q, 1.0), tiny))
   rows = jnp.sum(jnp.where(positive, p * (log_p - log_q), 0.0), axis=-1)  # [..., heads, queries]
-  row_where = None if where is None else where[..., None, :]
   return _checks.masked_mean(rows, row_where, axis=(-2, -1))
 
 
@@ -132,4 +134,5 @@ def hidden_state_mse(
   s, t = s.astype(dtype), t.astype(dtype)
   where = _checks.check_where(where, s.shape[:-1])
   token_where = None if where is None else where[..., None]
-  return _checks.masked_mean(jnp.square(s - t), token_where, axis=(-2, -1))
+  diff = s - t if where is None else jnp.where(token_where, s - t, 0.0)
+  return _checks.masked_mean(jnp.square(diff), token_where, axis=(-2, -1))

@@ -14,6 +14,7 @@ from scipy import special
 
 from kdjax import losses
 
+
 RTOL = 1e-5
 
 

@@ -15,6 +15,7 @@ from scipy import stats
 
 from kdjax import losses
 
+
 RTOL = 1e-5
 
 
@@ -386,3 +387,255 @@ def test_vid_properties(t, mu, log_var):
   np.testing.assert_allclose(at_mean, 0.5 * (math.log(2 * math.pi) + np.mean(log_var)),
                              rtol=1e-6)
   assert np.all(out >= at_mean - 1e-6)
+
+
+# ------------------------------------------------------------------ fsp_matrix
+
+def test_fsp_matrix_leading_dims_behave_like_vmap():
+  x, y = _x(90, (2, 3, 2, 3, 2)), _x(91, (2, 3, 2, 3, 4))
+  got = jax.jit(losses.fsp_matrix)(x, y)
+  assert got.shape == (2, 3, 2, 4)
+  np.testing.assert_allclose(got, jax.jit(jax.vmap(jax.vmap(losses.fsp_matrix)))(x, y),
+                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(got.reshape(6, 2, 4),
+                             ref_fsp_matrix(x.reshape(6, 2, 3, 2), y.reshape(6, 2, 3, 4)),
+                             rtol=RTOL, atol=1e-6)
+
+
+def test_fsp_matrix_grads():
+  x, y = _x(92, (2, 2, 3, 2)), _x(93, (2, 2, 3, 3))
+  check_grads(jax.jit(lambda x, y: jnp.sum(jnp.sin(losses.fsp_matrix(x, y)))), (x, y), order=1,
+              modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+# ============================================================ masks (``where=``)
+# Masked entries are left out as if sliced away: the float64 references below
+# compute each loss on the kept entries only, one example at a time.
+
+def _kept_positions(f, keep):
+  """``[H, W, C]`` features at the kept ``[H, W]`` positions: ``[K, C]`` (row-major)."""
+  return np.asarray(f, np.float64)[np.asarray(keep, bool)]
+
+
+def ref_attention_transfer_masked(s, t, p, where):
+  out = []
+  for fs, ft, keep in zip(s, t, where):
+    if not keep.any():
+      out.append(0.0)
+      continue
+    maps = [_ref_unit(np.sum(np.abs(_kept_positions(f, keep))**p, axis=-1)) for f in (fs, ft)]
+    out.append(np.mean((maps[0] - maps[1])**2))
+  return np.array(out)
+
+
+def ref_nst_mmd_masked(s, t, kernel, where):
+  k = (lambda x, y: np.dot(x, y)**2) if kernel == 'polynomial' else np.dot
+  out = []
+  for fs, ft, keep in zip(s, t, where):
+    if not keep.any():
+      out.append(0.0)
+      continue
+    xs, xt = _kept_positions(fs, keep), _kept_positions(ft, keep)  # [K, C]
+    xs = [_ref_unit(xs[:, c]) for c in range(xs.shape[1])]
+    xt = [_ref_unit(xt[:, c]) for c in range(xt.shape[1])]
+    mean_k = lambda a, b: np.mean([k(u, v) for u in a for v in b])
+    out.append(mean_k(xs, xs) + mean_k(xt, xt) - 2 * mean_k(xs, xt))
+  return np.array(out)
+
+
+def ref_factor_transfer_masked(s, t, p, where):
+  out = []
+  for fs, ft, keep in zip(s, t, np.broadcast_to(where, np.shape(s))):
+    if not keep.any():
+      out.append(0.0)
+      continue
+    d = _ref_unit(np.asarray(fs, np.float64)[keep]) - _ref_unit(np.asarray(ft, np.float64)[keep])
+    out.append(np.sum(np.abs(d)**p) / d.size)
+  return np.array(out)
+
+
+def ref_vid_masked(t, mu, log_var, where):
+  t, mu = np.asarray(t, np.float64), np.asarray(mu, np.float64)
+  sigma = np.sqrt(np.exp(np.broadcast_to(np.asarray(log_var, np.float64), t.shape)))
+  nll = -stats.norm.logpdf(t, loc=mu, scale=sigma) - 0.5 * np.log(2 * np.pi)
+  where = np.broadcast_to(where, t.shape)
+  return np.array([nll[b][where[b]].mean() if where[b].any() else 0.0 for b in range(len(t))])
+
+
+def _random_mask(seed, shape, keep=0.6):
+  return np.random.default_rng(seed).random(shape) < keep
+
+
+def _gather_same_count(f, keep):
+  """``[B, H, W, C]`` -> ``[B, 1, K, C]`` of the kept positions (same K in every example)."""
+  return np.stack([f[b][keep[b]] for b in range(len(f))])[:, None]
+
+
+def _mask_with_count(seed, b, h, w, count):
+  keep = np.zeros((b, h * w), bool)
+  rng = np.random.default_rng(seed)
+  for i in range(b):
+    keep[i, rng.choice(h * w, count, replace=False)] = True
+  return keep.reshape(b, h, w)
+
+
+_at_jit = jax.jit(losses.attention_transfer, static_argnames='p')
+_nst_jit = jax.jit(losses.nst_mmd, static_argnames='kernel')
+_ft_jit = jax.jit(losses.factor_transfer, static_argnames=('p', 'feature_ndim'))
+_vid_jit = jax.jit(losses.vid, static_argnames=('include_constant', 'feature_ndim'))
+
+
+@pytest.mark.parametrize('p', [1, 2])
+def test_attention_transfer_mask_matches_reference(p):
+  s, t = _x(100, (4, 4, 5, 2)), _x(101, (4, 4, 5, 3))
+  where = _random_mask(102, (4, 4, 5))
+  where[3] = False  # an example with no valid position gives 0
+  got = _at_jit(s, t, p=p, where=where)
+  np.testing.assert_allclose(got, ref_attention_transfer_masked(s, t, p, where), rtol=RTOL,
+                             atol=1e-7)
+  assert got[3] == 0.0
+
+
+def test_attention_transfer_mask_equals_slicing():
+  s, t = _x(103, (3, 4, 5, 2)), _x(104, (3, 4, 5, 3))
+  keep = _mask_with_count(105, 3, 4, 5, count=7)  # scattered positions, 7 per example
+  np.testing.assert_allclose(_at_jit(s, t, where=keep),
+                             _at_jit(_gather_same_count(s, keep), _gather_same_count(t, keep)),
+                             rtol=1e-5, atol=1e-7)
+  crop = np.zeros((4, 5), bool)
+  crop[1:3, 1:5] = True  # one [H, W] mask for the whole batch equals cropping
+  np.testing.assert_allclose(_at_jit(s, t, where=crop),
+                             _at_jit(s[:, 1:3, 1:5], t[:, 1:3, 1:5]), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('kernel', ['polynomial', 'linear'])
+def test_nst_mmd_mask_matches_reference(kernel):
+  s, t = _x(110, (3, 3, 4, 3)), _x(111, (3, 3, 4, 5))
+  where = _random_mask(112, (3, 3, 4))
+  where[1] = False
+  got = _nst_jit(s, t, kernel=kernel, where=where)
+  np.testing.assert_allclose(got, ref_nst_mmd_masked(s, t, kernel, where), rtol=RTOL, atol=1e-6)
+  assert got[1] == 0.0
+
+
+def test_nst_mmd_mask_equals_slicing():
+  s, t = _x(113, (3, 4, 4, 2)), _x(114, (3, 4, 4, 3))
+  keep = _mask_with_count(115, 3, 4, 4, count=9)
+  np.testing.assert_allclose(_nst_jit(s, t, where=keep),
+                             _nst_jit(_gather_same_count(s, keep), _gather_same_count(t, keep)),
+                             rtol=1e-5, atol=1e-6)
+  rows = np.array([True, False, True, True])
+  np.testing.assert_allclose(_nst_jit(s, t, where=rows[:, None]),  # [H, 1]: one row dropped
+                             _nst_jit(s[:, rows], t[:, rows]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('p', [1, 2])
+def test_factor_transfer_mask_matches_reference(p):
+  s, t = _x(120, (4, 3, 3, 2)), _x(121, (4, 3, 3, 2), 5.0)
+  where = _random_mask(122, (4, 3, 3, 2))
+  where[2] = False
+  got = _ft_jit(s, t, p=p, where=where)
+  np.testing.assert_allclose(got, ref_factor_transfer_masked(s, t, p, where), rtol=RTOL)
+  assert got[2] == 0.0
+
+
+def test_factor_transfer_mask_equals_slicing():
+  s, t = _x(123, (3, 4, 4, 3)), _x(124, (3, 4, 4, 3))
+  rows, channels = np.array([True, False, True, True]), np.array([True, False, True])
+  np.testing.assert_allclose(_ft_jit(s, t, p=1, where=rows[:, None, None]),
+                             _ft_jit(s[:, rows], t[:, rows], p=1), rtol=1e-5)
+  np.testing.assert_allclose(_ft_jit(s, t, p=2, where=channels),
+                             _ft_jit(s[..., channels], t[..., channels], p=2), rtol=1e-5)
+  # With feature_ndim the mask broadcasts against the full input shape as well.
+  np.testing.assert_allclose(_ft_jit(s, t, feature_ndim=2, where=channels),
+                             _ft_jit(s[..., channels], t[..., channels], feature_ndim=2),
+                             rtol=1e-5)
+
+
+def test_vid_mask_matches_reference():
+  t, mu, log_var = _x(130, (3, 4, 4, 2)), _x(131, (3, 4, 4, 2)), _x(132, (2,), 0.5)
+  where = _random_mask(133, (3, 4, 4, 1))  # per position, shared by the channels
+  where[0] = False
+  got = _vid_jit(t, mu, log_var, where=where)
+  np.testing.assert_allclose(got, ref_vid_masked(t, mu, log_var, where), rtol=RTOL, atol=1e-6)
+  assert got[0] == 0.0
+
+
+def test_vid_mask_equals_slicing():
+  t, mu, log_var = _x(134, (3, 4, 4, 3)), _x(135, (3, 4, 4, 3)), _x(136, (3,), 0.5)
+  rows = np.array([False, True, True, True])
+  np.testing.assert_allclose(_vid_jit(t, mu, log_var, where=rows[:, None, None]),
+                             _vid_jit(t[:, rows], mu[:, rows], log_var), rtol=1e-5)
+  channels = np.array([True, True, False])
+  np.testing.assert_allclose(
+      _vid_jit(t, mu, log_var, where=channels, include_constant=True),
+      _vid_jit(t[..., channels], mu[..., channels], log_var[channels], include_constant=True),
+      rtol=1e-5)
+
+
+# Each case: loss with a mask argument, input shapes, and a mask of the documented shape.
+_MASKED_CASES = {
+    'hint_l2': (losses.hint_l2, [(3, 3, 3, 2), (3, 3, 3, 2)], (3, 3, 3, 2)),
+    'attention_transfer': (losses.attention_transfer, [(3, 3, 3, 2), (3, 3, 3, 4)], (3, 3, 3)),
+    'nst_mmd': (losses.nst_mmd, [(3, 3, 3, 2), (3, 3, 3, 4)], (3, 3, 3)),
+    'factor_transfer': (losses.factor_transfer, [(3, 3, 3, 2), (3, 3, 3, 2)], (3, 3, 3, 2)),
+    'vid': (losses.vid, [(3, 3, 3, 2), (3, 3, 3, 2), (2,)], (3, 3, 3, 2)),
+}
+
+
+def _masked_case(name):
+  fn, shapes, mask_shape = _MASKED_CASES[name]
+  args = [_x(140 + i, shape) for i, shape in enumerate(shapes)]
+  where = _random_mask(150, mask_shape)
+  where[0] = False  # example 0 is fully masked
+  where[1] = True   # example 1 is fully kept
+  return fn, args, where
+
+
+@pytest.mark.parametrize('name', sorted(_MASKED_CASES))
+def test_masked_entries_are_inert(name):
+  fn, args, where = _masked_case(name)
+  loss = jax.jit(lambda *a: fn(*a, where=where))
+  clean = loss(*args)
+  unmasked = jax.jit(fn)(*[a[1:2] for a in args[:2]], *args[2:])
+  np.testing.assert_allclose(clean[1], unmasked[0], rtol=1e-6)
+  assert clean[0] == 0.0
+  # Garbage (inf, NaN) in masked entries changes neither the value nor any gradient.
+  masks = [np.broadcast_to(where.reshape(where.shape + (1,) * (4 - where.ndim)), a.shape)
+           for a in args[:2]]
+  dirty = [np.where(m, a, np.float32(v)) for a, m, v in zip(args, masks, (np.inf, np.nan))]
+  np.testing.assert_array_equal(loss(*dirty, *args[2:]), clean)
+  grads = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a, where=where)), argnums=(0, 1)))(
+      *dirty, *args[2:])
+  for g, mask in zip(grads, masks):
+    assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(np.where(mask, 0.0, g), 0.0)  # none on masked entries
+    assert np.any(g != 0)
+
+
+@pytest.mark.parametrize('name', sorted(_MASKED_CASES))
+def test_masked_grads(name):
+  fn, args, where = _masked_case(name)
+  check_grads(jax.jit(lambda *a: jnp.sum(fn(*a, where=where))), tuple(args), order=1,
+              modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize('name', sorted(_MASKED_CASES))
+def test_bad_masks_raise_naming_where(name):
+  fn, args, where = _masked_case(name)
+  with pytest.raises(ValueError, match='`where`'):
+    fn(*args, where=where.astype(np.float32))
+  with pytest.raises(ValueError, match='`where`'):
+    fn(*args, where=np.ones((5,), bool))
+  with pytest.raises(ValueError, match='`where`'):  # broadcasts only *with* the inputs
+    fn(*args, where=np.ones((2,) + where.shape, bool))
+
+
+@pytest.mark.parametrize('fn', [losses.attention_transfer, losses.nst_mmd])
+def test_spatial_mask_with_leading_dims_behaves_like_vmap(fn):
+  s, t = _x(160, (2, 3, 3, 4, 2)), _x(161, (2, 3, 3, 4, 3))
+  where = _random_mask(162, (2, 3, 3, 4))
+  got = jax.jit(lambda s, t, w: fn(s, t, where=w))(s, t, where)
+  assert got.shape == (2, 3)
+  per_map = jax.vmap(jax.vmap(lambda s, t, w: fn(s, t, where=w)))
+  np.testing.assert_allclose(got, jax.jit(per_map)(s, t, where), rtol=1e-5, atol=1e-7)

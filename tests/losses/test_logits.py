@@ -15,6 +15,7 @@ from scipy import special
 from kdjax import losses
 from tests.losses import refs
 
+
 RTOL = 1e-5
 
 
@@ -50,6 +51,86 @@ def test_cross_entropy_out_of_range_labels_are_nan():
 def test_cross_entropy_bad_labels(labels, match):
   with pytest.raises(ValueError, match=match):
     losses.cross_entropy(jnp.zeros((3, 4)), labels)
+
+
+def test_cross_entropy_leading_dims_behave_like_vmap():
+  z, y = _logits(200, (3, 4, 5)), np.random.default_rng(201).integers(0, 5, (3, 4))
+  for eps in (0.0, 0.2):
+    fn = functools.partial(losses.cross_entropy, label_smoothing=eps)
+    got = jax.jit(fn)(z, y)
+    assert got.shape == (3, 4)
+    np.testing.assert_allclose(got, jax.jit(jax.vmap(jax.vmap(fn)))(z, y), rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(losses.cross_entropy)(z, y),
+                             refs.cross_entropy(z, y), rtol=RTOL)
+
+
+def test_cross_entropy_grads():
+  z, y = _logits(202, (3, 5), 1.0), np.array([0, 4, 2])
+  for eps in (0.0, 0.1):
+    check_grads(jax.jit(lambda z: jnp.sum(losses.cross_entropy(z, y, label_smoothing=eps))),
+                (z,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+def test_cross_entropy_gradient_is_softmax_minus_target():
+  z, y, eps = _logits(203, (4, 5)), np.array([0, 1, 4, 2]), 0.2
+  grad = jax.jit(jax.grad(lambda z: jnp.sum(losses.cross_entropy(z, y, label_smoothing=eps))))(z)
+  target = (1 - eps) * np.eye(5)[y] + eps / 5
+  np.testing.assert_allclose(grad, refs.softmax(z) - target, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float16, jnp.bfloat16])
+def test_cross_entropy_low_precision_computes_in_float32(dtype):
+  z, y = _logits(204, (4, 6)).astype(dtype), np.array([0, 5, 3, 1])
+  z32 = np.asarray(z, np.float32)  # the values the loss actually sees
+  out = jax.jit(losses.cross_entropy)(z, y)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, refs.cross_entropy(z32, y), rtol=1e-5, atol=1e-6)
+  smoothed = jax.jit(functools.partial(losses.cross_entropy, label_smoothing=0.1))(z, y)
+  target = 0.9 * np.eye(6)[y] + 0.1 / 6
+  expected = -np.sum(target * special.log_softmax(np.float64(z32), axis=-1), axis=-1)
+  np.testing.assert_allclose(smoothed, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cross_entropy_large_logits_are_finite():
+  z = jnp.array([[1e4, -1e4, 0.0], [0.0, 1e4, -1e4], [-1e4, -1e4, 1e4]])
+  y = jnp.array([1, 1, 0])
+  for eps in (0.0, 0.1):
+    val = _assert_finite_value_and_grads(
+        lambda z: losses.cross_entropy(z, y, label_smoothing=eps), z)
+    log_p = special.log_softmax(np.asarray(z, np.float64), axis=-1)
+    target = (1 - eps) * np.eye(3)[np.asarray(y)] + eps / 3
+    np.testing.assert_allclose(val, -np.sum(target * log_p), rtol=1e-5)
+
+
+def test_cross_entropy_traced_label_smoothing_matches_static():
+  z, y = _logits(205, (2, 3, 5)), np.random.default_rng(206).integers(0, 5, (2, 3))
+  traced = jax.jit(lambda z, y, eps: losses.cross_entropy(z, y, label_smoothing=eps))
+  for eps in (0.0, 0.1, 0.5):
+    static = jax.jit(functools.partial(losses.cross_entropy, label_smoothing=eps))(z, y)
+    np.testing.assert_allclose(traced(z, y, eps), static, rtol=1e-6)
+    target = (1 - eps) * np.eye(5)[y] + eps / 5
+    expected = -np.sum(target * special.log_softmax(np.float64(z), axis=-1), axis=-1)
+    np.testing.assert_allclose(traced(z, y, eps), expected, rtol=RTOL)
+  # A traced 0 is exactly the plain cross-entropy, also with -inf logits (masked classes).
+  z_inf = np.array([[0.0, -np.inf, 1.0]], np.float32)
+  np.testing.assert_array_equal(traced(z_inf, np.array([2]), 0.0),
+                                losses.cross_entropy(z_inf, np.array([2])))
+  # A schedule: vmapped over smoothing values, and differentiable with respect to it.
+  eps = jnp.array([0.0, 0.1, 0.5])
+  batched = jax.jit(jax.vmap(lambda e: losses.cross_entropy(z, y, label_smoothing=e)))(eps)
+  for i, e in enumerate((0.0, 0.1, 0.5)):
+    np.testing.assert_allclose(batched[i], traced(z, y, e), rtol=1e-6)
+  d_eps = jax.jit(jax.grad(
+      lambda e: jnp.sum(losses.cross_entropy(z, y, label_smoothing=e))))(0.1)
+  log_p = special.log_softmax(np.float64(z), axis=-1)
+  nll = -np.take_along_axis(log_p, y[..., None], axis=-1)[..., 0]
+  np.testing.assert_allclose(d_eps, np.sum(-nll - np.mean(log_p, axis=-1)), rtol=1e-5)
+
+
+@pytest.mark.parametrize('eps', [-0.1, 1.0, 1.5, float('nan')])
+def test_cross_entropy_bad_label_smoothing(eps):
+  with pytest.raises(ValueError, match='label_smoothing'):
+    losses.cross_entropy(jnp.zeros((3, 4)), jnp.zeros((3,), jnp.int32), label_smoothing=eps)
 
 
 # --------------------------------------------------------------- kl_distillation
@@ -171,6 +252,93 @@ def test_hinton_kd_bad_options(kwargs, match):
 def test_hinton_kd_labels_of_wrong_rank():
   with pytest.raises(ValueError, match='labels'):
     losses.hinton_kd(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32))
+
+
+def _ref_hinton(s, t, y, tau, alpha):
+  """Hinton et al. 2015: alpha CE(y, s) + (1 - alpha) tau^2 KL(p_T^tau || p_S^tau), in
+  float64 and log space (so that +-1e4 logits do not overflow the reference)."""
+  s, t = np.asarray(s, np.float64), np.asarray(t, np.float64)
+  log_q = special.log_softmax(s / tau, axis=-1)
+  log_p = special.log_softmax(t / tau, axis=-1)
+  kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+  ce = -np.take_along_axis(special.log_softmax(s, axis=-1), np.asarray(y)[..., None],
+                           axis=-1)[..., 0]
+  return alpha * ce + (1 - alpha) * tau**2 * kl
+
+
+_hinton_jit = jax.jit(losses.hinton_kd)
+_ce_jit = jax.jit(losses.cross_entropy)
+
+
+def test_hinton_kd_leading_dims_behave_like_vmap():
+  s, t = _logits(210, (3, 4, 6)), _logits(211, (3, 4, 6))
+  y = np.random.default_rng(212).integers(0, 6, (3, 4))
+  fn = functools.partial(losses.hinton_kd, temperature=2.0, alpha=0.3)
+  got = jax.jit(fn)(s, t, y)
+  assert got.shape == (3, 4)
+  np.testing.assert_allclose(got, jax.jit(jax.vmap(jax.vmap(fn)))(s, t, y), rtol=1e-6)
+  np.testing.assert_allclose(got, _ref_hinton(s, t, y, 2.0, 0.3), rtol=RTOL)
+
+
+def test_hinton_kd_traced_alpha_matches_static():
+  s, t, y = _logits(213, (5, 4)), _logits(214, (5, 4)), np.array([0, 1, 2, 3, 0])
+  traced = jax.jit(lambda s, t, y, tau, alpha: losses.hinton_kd(
+      s, t, y, temperature=tau, alpha=alpha))
+  for tau, alpha in [(4.0, 0.0), (4.0, 0.5), (1.0, 0.9), (2.0, 1.0)]:
+    static = jax.jit(functools.partial(losses.hinton_kd, temperature=tau, alpha=alpha))(s, t, y)
+    np.testing.assert_allclose(traced(s, t, y, tau, alpha), static, rtol=1e-6)
+    np.testing.assert_allclose(static, _ref_hinton(s, t, y, tau, alpha), rtol=RTOL)
+  # An alpha schedule inside a jitted scan, and the derivative with respect to alpha.
+  alphas = jnp.linspace(0.0, 1.0, 4)
+  _, per_step = jax.jit(lambda a: jax.lax.scan(
+      lambda c, a: (c, losses.hinton_kd(s, t, y, alpha=a)), 0.0, a))(alphas)
+  for i, alpha in enumerate(np.asarray(alphas)):
+    np.testing.assert_allclose(per_step[i], _ref_hinton(s, t, y, 4.0, float(alpha)), rtol=RTOL)
+  d_alpha = jax.jit(jax.grad(lambda a: jnp.sum(losses.hinton_kd(s, t, y, alpha=a))))(0.3)
+  np.testing.assert_allclose(
+      d_alpha, np.sum(_ref_hinton(s, t, y, 4.0, 1.0) - _ref_hinton(s, t, y, 4.0, 0.0)),
+      rtol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float16, jnp.bfloat16])
+def test_hinton_kd_low_precision_computes_in_float32(dtype):
+  s, t = _logits(215, (4, 6)).astype(dtype), _logits(216, (4, 6)).astype(dtype)
+  y = np.array([0, 5, 2, 3])
+  out = _hinton_jit(s, t, y, temperature=4.0, alpha=0.3)
+  assert out.dtype == jnp.float32
+  expected = _ref_hinton(np.float32(s), np.float32(t), y, 4.0, 0.3)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hinton_kd_large_logits_are_finite():
+  s = jnp.array([[1e4, -1e4, 0.0], [0.0, 1e4, -1e4]])
+  t = jnp.array([[-1e4, 1e4, 0.0], [1e4, -1e4, 0.0]])
+  y = jnp.array([1, 1])
+  for tau, alpha in [(1.0, 0.5), (4.0, 0.1)]:
+    val = _assert_finite_value_and_grads(
+        lambda s, t: losses.hinton_kd(s, t, y, temperature=tau, alpha=alpha), s, t)
+    np.testing.assert_allclose(val, np.sum(_ref_hinton(s, t, y, tau, alpha)), rtol=1e-5)
+
+
+@hypothesis.given(_finite_logits, _finite_logits,
+                  hnp.arrays(np.int32, (3,), elements=st.integers(0, 4)),
+                  hnp.arrays(np.float32, (3, 1), elements=st.floats(-50, 50, width=32)),
+                  hnp.arrays(np.float32, (3, 1), elements=st.floats(-50, 50, width=32)),
+                  st.sampled_from([1.0, 4.0]), st.sampled_from([0.0, 0.3, 1.0]))
+def test_hinton_kd_properties(s, t, y, shift_s, shift_t, tau, alpha):
+  out = np.asarray(_hinton_jit(s, t, y, temperature=tau, alpha=alpha))
+  assert np.all(out >= -1e-5 * tau**2)
+  np.testing.assert_allclose(out, _ref_hinton(s, t, y, tau, alpha), rtol=1e-4,
+                             atol=1e-4 * tau**2)
+  # Softmaxes ignore a per-row shift of either logit tensor (of both, independently).
+  np.testing.assert_allclose(
+      _hinton_jit(s + shift_s, t + shift_t, y, temperature=tau, alpha=alpha), out,
+      rtol=1e-3, atol=1e-3 * tau**2)
+  # The two ends of the interpolation are the two terms of its definition.
+  np.testing.assert_allclose(_hinton_jit(s, t, y, temperature=tau, alpha=0.0),
+                             _kl_jit(s, t, temperature=tau), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(_hinton_jit(s, t, y, temperature=tau, alpha=1.0), _ce_jit(s, y),
+                             rtol=1e-6, atol=1e-7)
 
 
 # ================================================================ shared helpers

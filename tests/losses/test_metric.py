@@ -13,6 +13,7 @@ import pytest
 
 from kdjax import losses
 
+
 RTOL = 1e-5
 DISTANCES = ['euclidean', 'squared_euclidean', 'cosine']
 

@@ -14,6 +14,7 @@ import pytest
 
 from kdjax import losses
 
+
 RTOL = 1e-5
 
 
@@ -275,6 +276,17 @@ def test_batch_losses_reject_bad_shapes(name):
     fn(jnp.zeros((4,)), jnp.zeros((4, 3)))
   with pytest.raises(ValueError, match='student_'):
     fn(jnp.zeros((4, 3), jnp.int32), jnp.zeros((4, 3)))
+
+
+@pytest.mark.parametrize('name', sorted(_BATCH_LOSSES))
+def test_batch_losses_take_one_batch_and_vmap_over_groups(name):
+  # The batch is axis 0 of a fixed [B, ...] layout (no extra leading axes are
+  # broadcast); several groups are handled with vmap, one scalar per group.
+  fn = _BATCH_LOSSES[name]
+  s, t = _x(76, (3, 4, 2)), _x(77, (3, 4, 5))
+  got = jax.jit(jax.vmap(fn))(s, t)
+  assert got.shape == (3,)
+  np.testing.assert_allclose(got, [jax.jit(fn)(s[g], t[g]) for g in range(3)], rtol=1e-6)
 
 
 _z = lambda *shape: jnp.zeros(shape)

@@ -14,6 +14,7 @@ from scipy import special
 
 from kdjax import losses
 
+
 RTOL = 1e-5
 
 
@@ -222,6 +223,106 @@ def test_pairwise_bad_inputs():
     losses.pairwise_similarity_kd(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 4, 5, 2)))
   with pytest.raises(ValueError, match='student_features'):
     losses.pairwise_similarity_kd(jnp.zeros((1, 4, 4, 2), jnp.int32), jnp.zeros((1, 4, 4, 2)))
+
+
+# ------------------------------------------------ pairwise_similarity_kd: masks
+
+def ref_pairwise_masked(f_s, f_t, where, pool=None):
+  """Liu et al. Eq. 2 on the valid nodes only, one image at a time (float64 loops).
+
+  Masked pixels do not exist: a pooled node averages the valid pixels of its
+  window, a window with none is not a node, and the mean runs over valid pairs.
+  """
+  f_s, f_t = np.asarray(f_s, np.float64), np.asarray(f_t, np.float64)
+  where = np.broadcast_to(where, f_s.shape[:3])
+  bh, bw = pool if pool is not None else (1, 1)
+  h, w = f_s.shape[1:3]
+  out = []
+  for b in range(len(f_s)):
+    nodes_s, nodes_t = [], []
+    for i in range(0, h, bh):
+      for j in range(0, w, bw):
+        keep = where[b, i:i + bh, j:j + bw]
+        if keep.any():
+          nodes_s.append(f_s[b, i:i + bh, j:j + bw][keep].mean(axis=0))
+          nodes_t.append(f_t[b, i:i + bh, j:j + bw][keep].mean(axis=0))
+    if not nodes_s:
+      out.append(0.0)
+      continue
+    sims = []
+    for nodes in (np.array(nodes_s), np.array(nodes_t)):
+      unit = nodes / np.linalg.norm(nodes, axis=-1, keepdims=True)
+      sims.append(unit @ unit.T)
+    out.append(np.mean((sims[0] - sims[1])**2))
+  return np.array(out)
+
+
+_pairwise_jit = jax.jit(losses.pairwise_similarity_kd, static_argnames='pool_size')
+
+
+@pytest.mark.parametrize('pool_size, pool', [(None, None), (2, (2, 2)), ((2, 3), (2, 3))])
+def test_pairwise_mask_matches_reference(pool_size, pool):
+  f_s, f_t = _randn(50, (3, 5, 7, 3)), _randn(51, (3, 5, 7, 4))
+  where = np.random.default_rng(52).random((3, 5, 7)) < 0.5
+  where[2] = False  # an image with no valid pixel gives 0
+  got = _pairwise_jit(f_s, f_t, pool_size=pool_size, where=where)
+  assert got.shape == (3,) and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, ref_pairwise_masked(f_s, f_t, where, pool), rtol=RTOL,
+                             atol=1e-7)
+  assert got[2] == 0.0
+
+
+def test_pairwise_all_true_mask_changes_nothing():
+  f_s, f_t = _randn(53, (2, 5, 7, 3)), _randn(54, (2, 5, 7, 4))
+  for pool_size in (None, (2, 3)):
+    np.testing.assert_allclose(
+        _pairwise_jit(f_s, f_t, pool_size=pool_size, where=np.ones((5, 7), bool)),
+        _pairwise_jit(f_s, f_t, pool_size=pool_size), rtol=1e-6)
+
+
+def test_pairwise_mask_equals_slicing():
+  f_s, f_t = _randn(55, (2, 4, 6, 3)), _randn(56, (2, 4, 6, 2))
+  # Scattered valid pixels, without pooling: the valid nodes alone, as a [1, 1, K, C] map.
+  where = np.random.default_rng(57).random((2, 4, 6)) < 0.5
+  got = _pairwise_jit(f_s, f_t, where=where)
+  for b in range(2):
+    alone = _pairwise_jit(f_s[b][where[b]][None, None], f_t[b][where[b]][None, None])
+    np.testing.assert_allclose(got[b], alone[0], rtol=1e-5, atol=1e-7)
+  # A rectangle starting on the window grid equals cropping, also with pooling; a crop
+  # cut at the bottom/right leaves partial border windows on both sides of the identity.
+  for rows, cols, pool_size in [((1, 3), (1, 6), None), ((2, 4), (3, 5), (2, 3))]:
+    crop = np.zeros((4, 6), bool)
+    crop[slice(*rows), slice(*cols)] = True
+    cropped = [f[:, slice(*rows), slice(*cols)] for f in (f_s, f_t)]
+    np.testing.assert_allclose(_pairwise_jit(f_s, f_t, pool_size=pool_size, where=crop),
+                               _pairwise_jit(*cropped, pool_size=pool_size), rtol=1e-5, atol=1e-7)
+
+
+def test_pairwise_masked_pixels_are_inert():
+  f_s, f_t = _randn(58, (3, 4, 4, 3), 1.0), _randn(59, (3, 4, 4, 2), 1.0)
+  where = np.random.default_rng(60).random((3, 4, 4)) < 0.6
+  where[0] = False
+  for pool_size in (None, 3):
+    fn = lambda s, t: losses.pairwise_similarity_kd(s, t, pool_size=pool_size, where=where)
+    clean = jax.jit(fn)(f_s, f_t)
+    assert clean[0] == 0.0
+    dirty_s = np.where(where[..., None], f_s, np.float32(np.nan))
+    dirty_t = np.where(where[..., None], f_t, np.float32(np.inf))
+    np.testing.assert_array_equal(jax.jit(fn)(dirty_s, dirty_t), clean)
+    grads = jax.jit(jax.grad(lambda s, t: jnp.sum(fn(s, t)), argnums=(0, 1)))(dirty_s, dirty_t)
+    for g in grads:
+      assert np.all(np.isfinite(g)) and np.any(g != 0)
+      np.testing.assert_array_equal(np.where(where[..., None], 0.0, g), 0.0)
+  check_grads(jax.jit(lambda s, t: jnp.sum(fn(s, t))), (f_s, f_t), order=1, modes=['rev'],
+              atol=1e-2, rtol=1e-2)  # with pooling
+
+
+def test_pairwise_bad_masks():
+  z = jnp.zeros((2, 4, 4, 3))
+  for where in (np.ones((2, 4, 4), np.float32), np.ones((2, 4, 5), bool),
+                np.ones((2, 4, 4, 3), bool), np.ones((3, 1, 4, 4), bool)):
+    with pytest.raises(ValueError, match='`where`'):
+      losses.pairwise_similarity_kd(z, z, where=where)
 
 
 # ------------------------------------------------------------------- holistic KD

@@ -12,6 +12,7 @@ from scipy import special
 
 from kdjax import losses
 
+
 RTOL = 1e-5
 
 
@@ -211,3 +212,26 @@ def test_hidden_mse_bad_inputs():
     losses.hidden_state_mse(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4), jnp.int32))
   with pytest.raises(ValueError, match='where'):
     losses.hidden_state_mse(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4)), where=np.ones(4, bool))
+
+
+# --------------------------------------------------------------- shared: masks
+
+@pytest.mark.parametrize('name', ['attention_kl', 'hidden_state_mse'])
+def test_masked_queries_and_tokens_are_inert(name):
+  # Garbage (inf, NaN) at masked queries/tokens changes neither the value nor any gradient.
+  where = np.array([[True, False, True], [False, False, False]])  # [B, T]; example 1: none
+  if name == 'attention_kl':
+    fn, args = losses.attention_kl, [_attention(60 + i, (2, 2, 3, 4)) for i in range(2)]
+    masked = ~where[:, None, :, None]
+  else:
+    fn, args = losses.hidden_state_mse, [_randn(62 + i, (2, 3, 4)) for i in range(2)]
+    masked = ~where[:, :, None]
+  loss = jax.jit(lambda a, b: fn(a, b, where=where))
+  clean = loss(*args)
+  assert clean[1] == 0.0
+  dirty = [np.where(masked, np.float32(v), a) for a, v in zip(args, (np.nan, np.inf))]
+  np.testing.assert_array_equal(loss(*dirty), clean)
+  grads = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b, where=where)), argnums=(0, 1)))(*dirty)
+  for g in grads:
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+    np.testing.assert_array_equal(np.where(masked, g, 0.0), 0.0)
