@@ -1,17 +1,21 @@
-"""Smoke tests of the eskd and ban experiments' 'quick' modes (results go to tmp dirs).
+"""Smoke tests of the eskd, ban and takd (digits) experiments' quick modes (results to tmp dirs).
 
-The takd smoke test is in test_chain.py: it reuses that module's chain.
+The takd MNIST-1D smoke test is in test_chain.py: it reuses that module's chain.
 """
 
 import json
 
+import jax
 import pytest
 
 from experiments import ban
 from experiments import common
 from experiments import eskd
+from experiments import takd
 from experiments.configs import ban as ban_config
 from experiments.configs import eskd as eskd_config
+from experiments.configs import takd as takd_config
+from kdjax import models
 
 
 @pytest.fixture(scope='module')
@@ -26,8 +30,8 @@ def results(tmp_path, monkeypatch):
   return out
 
 
-def _config(module, data_dir, tmp_path):
-  c = module.get_config('quick')
+def _config(module, data_dir, tmp_path, mode='quick'):
+  c = module.get_config(mode)
   c.workdir = str(tmp_path / 'runs')
   c.data_dir = data_dir
   return c
@@ -60,3 +64,31 @@ def test_ban_quick(data_dir, tmp_path, results):
   assert by_model['independent ensemble #0–1']['members'] == 2
   assert by_model['ban gen 1']['vs_s0'] == pytest.approx(
       by_model['ban gen 1']['accuracy'] - by_model['S0 (scratch, BAN teacher)']['accuracy'])
+
+
+def test_takd_digits_quick(data_dir, tmp_path, results):
+  rows = takd.run(_config(takd_config, data_dir, tmp_path, 'digits_quick'))
+  records = _check_outputs(results / 'takd_digits_quick', takd.COLUMNS, rows,
+                           ['takd_paths.png', 'kd_gain_vs_size.png'])
+  md = (results / 'takd_digits_quick' / 'results.md').read_text()
+  assert '(scikit-learn digits)' in md and 'scikit-learn digits (160 train / 40 test)' in md
+  assert 'Teacher − student gap' in md
+  by_path = {r['path']: r for r in records if 'path' in r}
+  assert {'T → S', 'T → A → S', 'S (scratch)', 'T (teacher, scratch)'} <= set(by_path)
+  assert by_path['T → A → S']['vs_direct'] == pytest.approx(
+      by_path['T → A → S']['accuracy'] - by_path['T → S']['accuracy'])
+
+
+@pytest.mark.parametrize('mode', ['digits', 'digits_resnet'])
+def test_takd_digits_ladders_shrink_on_8x8_images(mode):
+  """The digits ladders build on 8×8×1 inputs, teacher largest, students on the ladder."""
+  c = takd_config.get_config(mode)
+  x = jax.ShapeDtypeStruct((1, 8, 8, 1), 'float32')
+  sizes = []
+  for _, name, kwargs in c.ladder:
+    model = models.create(name, 10, **dict(kwargs))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.eval_shape(model.apply, variables, x).shape == (1, 10)
+    sizes.append(models.count_params(variables['params']))
+  assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+  assert set(c.students) <= {n for n, _, _ in c.ladder} and c.dataset == 'digits'
