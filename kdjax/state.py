@@ -108,5 +108,13 @@ class TrainState(struct.PyTreeNode):
 
 
 def select(pred: jax.Array, on_true, on_false):
-  """``jnp.where`` over two pytrees of the same structure, with a scalar predicate."""
+  """``jnp.where`` over two pytrees of the same structure, with a scalar predicate.
+
+  The train steps use it to keep the old state when an update is not finite.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> select(jnp.array(False), {'w': jnp.ones(2)}, {'w': jnp.zeros(2)})
+    {'w': Array([0., 0.], dtype=float32)}
+  """
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)

@@ -24,6 +24,22 @@ def sow_feature(module: nn.Module, name: str, value: jax.Array) -> None:
 
   Nothing is stored while the module is initialising, so ``model.init`` returns
   only ``params`` (and ``batch_stats``), never a stale copy of the features.
+
+  Examples:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp
+    >>> from kdjax import models
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train=False):
+    ...     h = nn.relu(nn.Dense(8)(x))
+    ...     sow_feature(self, 'embedding', h)
+    ...     return nn.Dense(3)(h)
+    >>> variables = Net().init(jax.random.key(0), jnp.ones((2, 4)))
+    >>> sorted(variables)  # no features stored at init
+    ['params']
+    >>> _, state = Net().apply(variables, jnp.ones((2, 4)), mutable=['intermediates'])
+    >>> models.get_features(state['intermediates'])['embedding'].shape
+    (2, 8)
   """
   if not module.is_initializing():
     module.sow(FEATURES, name, value)
