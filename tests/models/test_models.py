@@ -352,6 +352,24 @@ def test_param_counts(name, num_classes, published, analytic):
   assert abs(count - published) / published < 0.02
 
 
+def _analytic_params(name, num_classes):
+  if name.startswith('wrn_'):
+    _, depth, k = name.split('_')
+    return _wrn_params_ref(int(depth), int(k), num_classes)
+  depth, _, wide = name[len('resnet'):].partition('x')
+  widths = (32, 64, 128, 256) if wide else (16, 16, 32, 64)
+  return _resnet_params_ref(int(depth), widths, num_classes)
+
+
+CIFAR_MODELS = [n for n in models.list_models() if n.startswith(('resnet', 'wrn_'))]
+
+
+@pytest.mark.parametrize('name', CIFAR_MODELS)
+def test_every_registered_cifar_model_has_its_analytic_size(name):
+  params = _abstract_init(models.create(name, 100), (1, 32, 32, 3))['params']
+  assert models.count_params(params) == _analytic_params(name, 100)
+
+
 def test_count_params_counts_scalars():
   tree = {'a': jnp.zeros((3, 4)), 'b': [jnp.zeros(5), jnp.zeros(())]}
   assert models.count_params(tree) == 18
