@@ -1,10 +1,11 @@
-"""Born-again networks (BAN) and sequential-KD ensembles vs independent ensembles, MNIST-1D.
+"""Born-again networks (BAN) and sequential-KD ensembles vs independent ensembles.
 
 Tests two seed findings on one set of runs: BAN (Furlanello et al. 2018, seed
 003): generation 2 or later beats generation 1, the generations beat their
 teacher, and their ensemble beats a single model; and the control of Cho &
 Hariharan (2019, seed 002): an ensemble of sequentially distilled models does
-not beat an ensemble of as many independently trained ones.
+not beat an ensemble of as many independently trained ones. The data is
+``config.dataset`` (MNIST-1D or scikit-learn digits, :func:`experiments.takd.load_data`).
 
 Usable from a notebook::
 
@@ -21,6 +22,7 @@ import time
 import numpy as np
 
 from experiments import common
+from experiments.takd import DATASETS
 from experiments.takd import load_data
 from experiments.takd import verdict_of
 from kdjax import models
@@ -39,6 +41,8 @@ FINDING = ('BAN (Furlanello et al. 2018, seed 003): born-again generation 2 or m
 def run(config) -> list[dict]:
   """Runs independent models and BAN chains for every seed; writes results/<config.results>/."""
   t0 = time.perf_counter()
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
+  dataset = DATASETS[config.get('dataset', 'mnist1d')]
   train_src, test_src = load_data(config)
   name, registry_name, kw = config.model
   model = models.create(registry_name, 10, **dict(kw))
@@ -98,7 +102,7 @@ def run(config) -> list[dict]:
   common.errorbar_plot(
       gen_rows, x='generation', metric='accuracy', series='series',
       path=os.path.join(out_dir, 'ban_generations.png'),
-      title=f'BAN generations of {name} (MNIST-1D)', xlabel='generation (0 = scratch teacher)',
+      title=f'BAN generations of {name} ({dataset})', xlabel='generation (0 = scratch teacher)',
       baselines={f'independent ensemble of {k + 1}':
                  by_model[f'independent ensemble #0–{k}']['accuracy_mean'],
                  **{f'{v} ensemble gen 0–{k}': by_model[f'{v} ensemble gen 0–{k}']['accuracy_mean']
@@ -172,7 +176,7 @@ def run(config) -> list[dict]:
       'Criterion: mean paired difference beyond two standard errors ("better"/"worse"), else '
       '"within noise".'])
   notes = (
-      f'Setup: MNIST-1D ({len(train_src)} train / {len(test_src)} test); every model is {name} '
+      f'Setup: {dataset} ({len(train_src)} train / {len(test_src)} test); every model is {name} '
       f'({registry_name} {dict(kw)}) trained {config.num_steps} steps (lr '
       f'{config.learning_rate:g}, Adam + cosine decay, batch {config.batch_size}). BAN '
       'variants (loss α·CE + (1−α)·τ²·KL to the previous generation): '
@@ -183,9 +187,9 @@ def run(config) -> list[dict]:
       'Paired differences:\n\n' + '\n'.join(f'- {l}' for l in lines) +
       f'\n\nPlot: `ban_generations.png`. Wall time of the call that wrote this file: '
       f'{time.perf_counter() - t0:.0f} s (runs found complete in the workdir are restored, not '
-      'retrained).')
+      'retrained).' + (f'\n\n{config.notes}' if config.get('notes') else ''))
   common.write_results(
-      config.results, rows, COLUMNS, title='Born-again networks and ensembles (MNIST-1D)',
+      config.results, rows, COLUMNS, title=f'Born-again networks and ensembles ({dataset})',
       finding=FINDING, verdict=verdict,
       command='python -m experiments.run --config experiments/configs/ban.py'
       + ('' if config.mode == 'default' else f':{config.mode}'), notes=notes)

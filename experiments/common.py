@@ -1,4 +1,4 @@
-"""Shared pieces of the experiments: seeds, mean ± std tables, plots, result paths."""
+"""Shared pieces of the experiments: seeds, mean ± std tables, plots, result paths, caches."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 from typing import Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from experiments import report
@@ -19,6 +20,18 @@ def results_dir(name: str) -> str:
   path = os.path.join(RESULTS, name)
   os.makedirs(path, exist_ok=True)
   return path
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Persists XLA executables in ``path``: seeds after the first and re-runs skip compiling.
+
+  Every seed compiles the same steps (the seed is an argument, not a
+  constant), so only the first seed pays for compilation. Takes effect only if
+  nothing was compiled in this process before (JAX initialises its cache once).
+  ``''`` leaves the cache off.
+  """
+  if path:
+    jax.config.update('jax_compilation_cache_dir', os.path.abspath(path))
 
 
 def mean_std(values: Sequence[float], *, percent: bool = True, digits: int = 1) -> str:

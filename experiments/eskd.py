@@ -1,4 +1,4 @@
-"""On the Efficacy of KD (ESKD) on MNIST-1D: early-stopped teachers and early-stopped KD terms.
+"""On the Efficacy of KD (ESKD) on MNIST-1D and digits: early-stopped teachers and KD terms.
 
 For every seed: each teacher is trained once, keeping checkpoints at
 ``teacher_keep_steps`` (``train_and_evaluate(keep_steps=...)``); the student
@@ -8,7 +8,8 @@ with the KD term stopped after ``kd_stop_steps`` updates
 The diagnostic of Cho & Hariharan (2019, §4): the student's converged KD loss
 (τ²·KL to its teacher on the training set, :func:`kdjax.schemes.evaluate_distillation`)
 against its test accuracy, and the KD-term training curves (``metrics.csv``,
-:func:`kdjax.schemes.read_metrics`).
+:func:`kdjax.schemes.read_metrics`). The data is ``config.dataset`` (MNIST-1D or
+scikit-learn digits, :func:`experiments.takd.load_data`).
 
 Usable from a notebook::
 
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 
 from experiments import common
+from experiments.takd import DATASETS
 from experiments.takd import load_data
 from experiments.takd import verdict_of
 from kdjax import checkpoint
@@ -94,6 +96,8 @@ def _plot_kd_curves(curves, path):
 def run(config) -> list[dict]:
   """Runs teachers, students and diagnostics for every seed; writes results/<config.results>/."""
   t0 = time.perf_counter()
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
+  dataset = DATASETS[config.get('dataset', 'mnist1d')]
   train_src, test_src = load_data(config)
   teachers = {n: models.create(m, 10, **dict(kw)) for n, m, kw in config.teachers}
   s_name, s_model, s_kw = config.student
@@ -225,7 +229,7 @@ def run(config) -> list[dict]:
       + ', '.join(f'{t} teacher {outcome(f"{t}: KD term")}' for t in names) + '.',
       'Criterion: mean paired difference beyond two standard errors (details below).'])
   notes = (
-      f'Setup: MNIST-1D ({len(train_src)} train / {len(test_src)} test); teachers '
+      f'Setup: {dataset} ({len(train_src)} train / {len(test_src)} test); teachers '
       + ', '.join(f'{n} ({models.count_params(_params(m, train_src)):,} params)'
                   for n, m in teachers.items()) +
       f' trained {config.teacher_steps} steps (lr {config.teacher_lr:g}) keeping checkpoints '
@@ -249,10 +253,10 @@ def run(config) -> list[dict]:
       'teachers of different sizes and checkpoints), `kd_loss_curves.png` (training KD term by '
       'teacher), `student_acc_vs_teacher_step.png`. Wall time of the call that wrote this file: '
       f'{time.perf_counter() - t0:.0f} s (runs found complete in the workdir are restored, not '
-      'retrained).')
+      'retrained).' + (f'\n\n{config.notes}' if config.get('notes') else ''))
   common.write_results(
       config.results, rows, COLUMNS,
-      title='Efficacy of KD: early-stopped teachers and KD terms (MNIST-1D)', finding=FINDING,
+      title=f'Efficacy of KD: early-stopped teachers and KD terms ({dataset})', finding=FINDING,
       verdict=verdict, command='python -m experiments.run --config experiments/configs/eskd.py'
       + ('' if config.mode == 'default' else f':{config.mode}'), notes=notes)
   return rows

@@ -1,4 +1,4 @@
-"""Experiment 5: NetAug on tiny vs large models (MNIST-1D).
+"""Experiment 5: NetAug on tiny vs large models (MNIST-1D, scikit-learn digits).
 
 Seed finding (METHODS.md §C; Cai et al. 2022): *NetAug helps tiny models but
 not large ones* — a tiny model under-fits, and training it as a sub-network
@@ -10,7 +10,8 @@ data order and seeds. The NetAug model's base is exported as a plain
 ``MLP``/``CNN1D`` (:func:`kdjax.schemes.export_base`) and evaluated alone, so
 the reported accuracy is that of a model with exactly the baseline's
 architecture and cost. Train accuracy is reported too, to show which regime
-(under- or over-fitting) each model is in.
+(under- or over-fitting) each model is in. The data is ``config.dataset``; on
+digits (8×8 images) only MLPs run, since :class:`kdjax.schemes.NetAugCNN1D` is 1-D.
 
 Usable from a notebook::
 
@@ -30,6 +31,7 @@ import jax
 import numpy as np
 
 from experiments import common
+from experiments.takd import DATASETS
 from kdjax import checkpoint
 from kdjax import data as kdata
 from kdjax import models
@@ -42,6 +44,7 @@ from kdjax.state import TrainState
 
 COLUMNS = ('model', 'size', 'params', 'training', 'test accuracy', 'train accuracy',
            'Δ test vs plain (paired)', 'seeds', 'wall time / run (s)')
+_KINDS = {'mlp': 'MLP', 'cnn1d': 'CNN'}
 
 
 def fit_and_evaluate(state: TrainState, step_fn: Callable, *, train_src, eval_sets: dict,
@@ -140,6 +143,8 @@ def run(config) -> list[dict]:
   """Trains every configured model plainly and with NetAug; returns the table rows."""
   if config.fresh and os.path.isdir(config.workdir):
     shutil.rmtree(config.workdir)
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
+  dataset = DATASETS[config.dataset]
   data_dir = config.data_dir or None
   train_src = kdata.load(config.dataset, 'train', data_dir=data_dir)
   test_src = kdata.load(config.dataset, 'test', data_dir=data_dir)
@@ -148,6 +153,9 @@ def run(config) -> list[dict]:
   records = []
   for key in config.run_models:
     spec = config.models[key]
+    if spec.kind == 'cnn1d' and sample.ndim != 2:
+      raise ValueError(f'Model {key!r} is a NetAugCNN1D, which takes 1-D inputs; '
+                       f'{dataset} inputs have shape {sample.shape[1:]}. Run MLPs only.')
     tx = runs.default_optimizer(spec.learning_rate, config.num_steps)
     # Steps, forward functions, initialisers and exports are built once per model and
     # shared by the seeds: a TrainState's apply_fn and tx are static, so fresh closures
@@ -216,7 +224,7 @@ def run(config) -> list[dict]:
   main_rows = [r for r in rows if r['training'] in ('plain', 'NetAug')]
   common.errorbar_plot(main_rows, x='model', series='training', metric='test_accuracy',
                        path=os.path.join(out, 'netaug.png'),
-                       title='NetAug vs plain training on MNIST-1D (mean ± std over seeds)')
+                       title=f'NetAug vs plain training on {dataset}\n(mean ± std over seeds)')
   common.errorbar_plot(main_rows, x='model', series='training', metric='train_accuracy',
                        path=os.path.join(out, 'netaug_train.png'), ylabel='train accuracy (%)',
                        title='Train accuracy (under- vs over-fitting)')
@@ -249,9 +257,12 @@ def run(config) -> list[dict]:
         ' Ablations on the tiny models (rows "NetAug, ..."): ' + '; '.join(
             f'{label}: {", ".join(f"{k}={v}" for k, v in dict(o).items())}'
             for label, o in config.ablations.items()) + ' (other settings as the main one).')
+  lr_text = _learning_rates([config.models[key] for key in config.run_models])
   notes = (
-      f'Setup: MNIST-1D (4000 train / 1000 test), {config.num_steps} Adam steps (cosine '
-      f'decay; lr per model as in the demo: MLP 3e-3, CNN 1e-2), batch {config.batch_size}. '
+      f'Setup: {dataset} ({len(train_src)} train / {len(test_src)} test), {config.num_steps} '
+      f'Adam steps (cosine decay; lr per model'
+      f'{" as in the demo" if config.dataset == "mnist1d" else ""}: {lr_text}), batch '
+      f'{config.batch_size}. '
       f'Main NetAug setting: α = {config.alpha:g}, augmented widths '
       f'×{", ×".join(f"{m:g}" for m in multipliers)} of every hidden layer (augmentation '
       f'factor {config.augment_factor:g}, diversity {config.diversity}; one width sampled per '
@@ -263,13 +274,14 @@ def run(config) -> list[dict]:
       'in the first seed, on a shared 2-core CPU.\n\n'
       'Plots: `netaug.png` (test accuracy), `netaug_train.png` (train accuracy), '
       '`netaug_ablations.png` (tiny models, all settings). Raw per-seed numbers: '
-      '`records.json`.')
+      '`records.json`.' + (f'\n\n{config.notes}' if config.get('notes') else ''))
+  mode = config.get('mode', 'default')
   common.write_results(
-      config.results, rows, COLUMNS, title='NetAug: tiny vs large models on MNIST-1D',
+      config.results, rows, COLUMNS, title=f'NetAug: tiny vs large models on {dataset}',
       finding='NetAug helps tiny models but not large ones (Cai et al. 2022; METHODS.md §C).',
       verdict=verdict,
-      command='python -m experiments.run --config experiments/configs/netaug.py',
-      notes=notes)
+      command='python -m experiments.run --config experiments/configs/netaug.py'
+      + ('' if mode == 'default' else f':{mode}'), notes=notes)
   return rows
 
 
@@ -291,6 +303,20 @@ def _mechanism(verdicts) -> str:
                    f'({100 * dtr:+.1f} pp), so the gain is not less under-fitting but better '
                    'generalisation')
   return (' Mechanism (train accuracy): ' + '; '.join(notes) + '.') if notes else ''
+
+
+def _learning_rates(specs) -> str:
+  """``'MLP 3e-3, CNN 1e-2'`` (one rate per model kind), else one rate per model label."""
+  def sci(lr):
+    return np.format_float_scientific(lr, trim='-', exp_digits=1)
+
+  by_kind = {}
+  for spec in specs:
+    by_kind.setdefault(spec.kind, {})[spec.learning_rate] = None
+  if all(len(rates) == 1 for rates in by_kind.values()):
+    return ', '.join(f'{_KINDS.get(kind, kind)} {sci(next(iter(rates)))}'
+                     for kind, rates in by_kind.items())
+  return ', '.join(f'{spec.label} {sci(spec.learning_rate)}' for spec in specs)
 
 
 def _params(records, model) -> int:

@@ -62,17 +62,6 @@ def load_data(config):
   raise ValueError(f'Unknown takd dataset {dataset!r}; use one of {sorted(DATASETS)}.')
 
 
-def _enable_compilation_cache(path: str) -> None:
-  """Persists XLA executables in ``path``: seeds after the first and re-runs skip compiling.
-
-  Every seed compiles the same steps (the seed is an argument, not a
-  constant), so only the first seed pays for compilation. Takes effect only if
-  nothing was compiled in this process before (JAX initialises its cache once).
-  """
-  if path:
-    jax.config.update('jax_compilation_cache_dir', os.path.abspath(path))
-
-
 def paired(values: np.ndarray) -> str:
   """``mean ± std`` in percentage points of per-seed differences."""
   return common.mean_std(values)
@@ -126,7 +115,7 @@ def _plot_paths(rows, students, path, dataset='MNIST-1D'):
 def run(config) -> list[dict]:
   """Runs the sweep for every seed and student; writes results/<config.results>/."""
   t0 = time.perf_counter()
-  _enable_compilation_cache(config.get('compilation_cache', ''))
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
   dataset = DATASETS[config.get('dataset', 'mnist1d')]
   train_src, test_src = load_data(config)
   names = [n for n, _, _ in config.ladder]

@@ -1,10 +1,17 @@
-"""Experiment 5 `netaug`: network augmentation on tiny vs large models (MNIST-1D).
+"""Experiment 5 `netaug`: network augmentation on tiny vs large models (MNIST-1D, digits).
 
 Each model is trained normally and with NetAug (``L(W_base) + α·L([W_base,
 W_aug])``, one augmented width sampled per step from ``augment_multipliers(
 augment_factor, diversity)``) for the same number of steps, with the same
 optimizer, data order and seeds; the NetAug base is exported as a plain model
 and evaluated. ``:quick`` is a smoke run.
+
+``:digits`` runs on scikit-learn digits (8×8×1, 1437 train / 360 test;
+results in ``results/netaug_digits/``) with MLPs only (the NetAug CNN is 1-D):
+tiny MLP(4) and MLP(6), which under-fit digits, a large MLP(256, 256), and
+between them the MNIST-1D run's tiny MLP(16), which fits digits' training set
+(size ``small``: reported, not part of the verdict's tiny/large test). About
+1–1.5 minutes on 2 shared cores; ``:digits_quick`` is its smoke run.
 """
 
 import ml_collections
@@ -18,13 +25,15 @@ def _model(kind, label, size, learning_rate, **kwargs):
 def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = 'netaug'
+  c.mode = mode
   c.results = 'netaug'  # experiments/results/<results>/
   c.workdir = 'runs/netaug'
   c.fresh = False          # True: delete the workdir first (no resume)
   c.seeds = (0, 1, 2)
   c.data_dir = ''          # '' = the TFDS default (~/tensorflow_datasets)
   c.progress = False
-  c.dataset = 'mnist1d'
+  c.dataset = 'mnist1d'     # 'mnist1d' or 'digits' (MLPs only: NetAugCNN1D is 1-D)
+  c.compilation_cache = ''  # a directory: persistent XLA compilation cache ('' = off)
   c.batch_size = 100
   c.num_steps = 3000
   # NetAug: alpha weights the augmented loss (paper: 1); the augmented widths are
@@ -58,6 +67,40 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
     c.num_steps = 20
     c.run_models = ('mlp_tiny',)
     c.ablation_sizes = ()
+  elif mode in ('digits', 'digits_quick'):
+    c.dataset = 'digits'
+    c.results = f'netaug_{mode}'
+    c.workdir = f'runs/netaug_{mode}'
+    c.compilation_cache = 'runs/jax_cache'
+    c.batch_size = 64        # 1437 train examples: ~22 steps per epoch
+    c.num_steps = 1500       # ~67 epochs (the default: 75)
+    # MLPs only (NetAugCNN1D is 1-D), all at the demo's MLP rate. MLP(4) and MLP(6)
+    # under-fit digits (train accuracy ~90% and ~96%); MLP(16), the MNIST-1D tiny model, and
+    # MLP(256, 256) fit it.
+    c.models = ml_collections.ConfigDict({
+        'mlp_tiny4': _model('mlp', 'MLP(4)', 'tiny', 3e-3, hidden=(4,)),
+        'mlp_tiny6': _model('mlp', 'MLP(6)', 'tiny', 3e-3, hidden=(6,)),
+        'mlp_small': _model('mlp', 'MLP(16)', 'small', 3e-3, hidden=(16,)),
+        'mlp_large': _model('mlp', 'MLP(256,256)', 'large', 3e-3, hidden=(256, 256)),
+    })
+    c.run_models = ('mlp_tiny4', 'mlp_tiny6', 'mlp_small', 'mlp_large')
+    c.notes = (
+        'Digits: MLPs only. The NetAug CNN (`kdjax.schemes.NetAugCNN1D`) is one-dimensional, '
+        'so the CNN rows of the MNIST-1D table have no counterpart here. The tiny models are '
+        'MLP(4) and MLP(6), not the MNIST-1D table\'s MLP(16): on digits MLP(16) fits the '
+        'training set, so it is not tiny in the paper\'s sense (an under-fitting model); it is '
+        'run as well (size "small") for the comparison with the MNIST-1D table, and the '
+        'verdict\'s tiny/large test leaves it out. A 4-unit hidden layer is noisy from seed to '
+        'seed (plain training, 6 seeds, a separate check: test 89.3 ± 3.0%, against 93.8 ± '
+        '1.5% for MLP(6)), hence the second tiny model. A first run with MLP(4) as the only '
+        'tiny model and lr 1e-2 gave NetAug − plain −9.8 ± 4.5 pp (hurts; not recorded here).')
+    if mode == 'digits_quick':
+      c.compilation_cache = ''
+      c.seeds = (0,)
+      c.num_steps = 20
+      c.run_models = ('mlp_tiny6',)
+      c.ablation_sizes = ()
   elif mode != 'default':
-    raise ValueError(f"Unknown netaug mode {mode!r}; use 'default' or 'quick'.")
+    raise ValueError(f"Unknown netaug mode {mode!r}; use 'default', 'quick', 'digits' or "
+                     "'digits_quick'.")
   return c

@@ -1,4 +1,4 @@
-"""Smoke tests of the eskd, ban and takd (digits) experiments' quick modes (results to tmp dirs).
+"""Smoke tests of the eskd, ban and takd experiments' quick modes, MNIST-1D and digits (tmp dirs).
 
 The takd MNIST-1D smoke test is in test_chain.py: it reuses that module's chain.
 """
@@ -47,6 +47,7 @@ def _check_outputs(path, columns, rows, pngs):
   return json.loads((path / 'records.json').read_text())
 
 
+@pytest.mark.slow
 def test_eskd_quick(data_dir, tmp_path, results):
   rows = eskd.run(_config(eskd_config, data_dir, tmp_path))
   records = _check_outputs(results / 'eskd_quick', eskd.COLUMNS, rows,
@@ -57,6 +58,7 @@ def test_eskd_quick(data_dir, tmp_path, results):
   assert all(r['kd_loss_train'] >= 0 for r in records if r['kd_term'] != '—')
 
 
+@pytest.mark.slow
 def test_ban_quick(data_dir, tmp_path, results):
   rows = ban.run(_config(ban_config, data_dir, tmp_path))
   records = _check_outputs(results / 'ban_quick', ban.COLUMNS, rows, ['ban_generations.png'])
@@ -66,6 +68,34 @@ def test_ban_quick(data_dir, tmp_path, results):
       by_model['ban gen 1']['accuracy'] - by_model['S0 (scratch, BAN teacher)']['accuracy'])
 
 
+def _check_digits_text(md, config_file, mode='digits_quick'):
+  """A digits run's results.md names digits (never MNIST-1D) and its own mode."""
+  assert '(scikit-learn digits)' in md and 'scikit-learn digits (160 train / 40 test)' in md
+  assert 'MNIST-1D' not in md
+  assert f'--config experiments/configs/{config_file}:{mode}`' in md
+
+
+@pytest.mark.slow
+def test_eskd_digits_quick(data_dir, tmp_path, results):
+  rows = eskd.run(_config(eskd_config, data_dir, tmp_path, 'digits_quick'))
+  records = _check_outputs(results / 'eskd_digits_quick', eskd.COLUMNS, rows,
+                           ['kd_loss_vs_acc.png', 'kd_loss_curves.png'])
+  _check_digits_text((results / 'eskd_digits_quick' / 'results.md').read_text(), 'eskd.py')
+  assert {(r['teacher'], r['teacher_step'], r['kd_term']) for r in records} == {
+      ('— (scratch)', 0, '—'), ('T', 5, 'full'), ('T', 10, 'full'), ('T', 10, 'stopped at 5')}
+
+
+@pytest.mark.slow
+def test_ban_digits_quick(data_dir, tmp_path, results):
+  rows = ban.run(_config(ban_config, data_dir, tmp_path, 'digits_quick'))
+  records = _check_outputs(results / 'ban_digits_quick', ban.COLUMNS, rows,
+                           ['ban_generations.png'])
+  _check_digits_text((results / 'ban_digits_quick' / 'results.md').read_text(), 'ban.py')
+  assert {r['model'] for r in records} >= {'S0 (scratch, BAN teacher)', 'ban gen 1',
+                                           'independent ensemble #0–1'}
+
+
+@pytest.mark.slow
 def test_takd_digits_quick(data_dir, tmp_path, results):
   rows = takd.run(_config(takd_config, data_dir, tmp_path, 'digits_quick'))
   records = _check_outputs(results / 'takd_digits_quick', takd.COLUMNS, rows,

@@ -356,3 +356,19 @@ def test_experiment_quick(tmp_path, monkeypatch):
   out = tmp_path / 'results' / config.results
   for name in ('results.md', 'results.csv', 'records.json', 'netaug.png'):
     assert (out / name).exists(), name
+
+
+@pytest.mark.slow
+def test_experiment_digits_quick(tmp_path, monkeypatch):
+  from experiments import common
+  from experiments import netaug as experiment
+  from experiments.configs import netaug as config_module
+  monkeypatch.setattr(common, 'RESULTS', str(tmp_path / 'results'))
+  config = config_module.get_config('digits_quick')
+  config.workdir = str(tmp_path / 'runs')
+  rows = experiment.run(config)
+  assert [r['training'] for r in rows] == ['plain', 'NetAug']
+  assert rows[0]['params'] == '460'  # MLP(6) on flattened 8×8 inputs: 64·6 + 6 + 6·10 + 10
+  md = (tmp_path / 'results' / 'netaug_digits_quick' / 'results.md').read_text()
+  assert 'on scikit-learn digits' in md and 'scikit-learn digits (1437 train / 360 test)' in md
+  assert 'MNIST-1D (' not in md and 'netaug.py:digits_quick`' in md
