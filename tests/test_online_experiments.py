@@ -1,7 +1,5 @@
 """Smoke tests of the dml / one / byot experiments' 'quick' modes (results go to tmp dirs)."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,6 @@ import optax
 import pytest
 
 from experiments import byot
-from experiments import common
 from experiments import dml
 from experiments import one
 from experiments.configs import byot as byot_config
@@ -18,36 +15,6 @@ from experiments.configs import one as one_config
 from kdjax import models
 from kdjax import steps
 from kdjax.state import TrainState
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
-@pytest.fixture
-def results(tmp_path, monkeypatch):
-  out = tmp_path / 'results'
-  monkeypatch.setattr(common, 'RESULTS', str(out))
-  return out
-
-
-def _config(module, data_dir, tmp_path):
-  c = module.get_config('quick')
-  c.workdir = str(tmp_path / 'runs')
-  c.data_dir = data_dir
-  return c
-
-
-def _check_outputs(path, columns, rows, pngs):
-  for f in ('results.md', 'results.csv', 'records.json', *pngs):
-    assert (path / f).is_file(), f
-  md = (path / 'results.md').read_text()
-  assert '**Finding tested:**' in md and '**Verdict on our data:**' in md
-  assert '**Regenerate:**' in md
-  assert md.count('\n|') >= len(rows) + 1
-  assert all(set(columns) <= set(r) for r in rows)
-  return json.loads((path / 'records.json').read_text())
 
 
 def test_run_dir_changes_with_settings():
@@ -80,11 +47,11 @@ def test_train_loop_restores_a_complete_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_dml_quick(data_dir, tmp_path, results):
-  config = _config(dml_config, data_dir, tmp_path)
+def test_dml_quick(quick_config, check_results, results):
+  config = quick_config(dml_config)
   rows = dml.run(config)
-  records = _check_outputs(results / 'dml_quick', dml.COLUMNS, rows,
-                           ['dml_peers.png', 'dml_delta.png', 'dml_ensemble.png'])
+  records = check_results(results / 'dml_quick', dml.COLUMNS, rows,
+                          ['dml_peers.png', 'dml_delta.png', 'dml_ensemble.png'])
   seeds = set(config.seeds)
   assert {(r['cohort'], r['peer'], r['method']) for r in records} == {
       (c, p, m) for c, p in [('MLP ×2', 'mean of 2'), ('CNN1D + MLP', 'mean of 2'),
@@ -105,10 +72,10 @@ def test_dml_quick(data_dir, tmp_path, results):
 
 
 @pytest.mark.slow
-def test_one_quick(data_dir, tmp_path, results):
-  config = _config(one_config, data_dir, tmp_path)
+def test_one_quick(quick_config, check_results, results):
+  config = quick_config(one_config)
   rows = one.run(config)
-  records = _check_outputs(results / 'one_quick', one.COLUMNS, rows, ['one_branches.png'])
+  records = check_results(results / 'one_quick', one.COLUMNS, rows, ['one_branches.png'])
   m = config.num_branches
   for seed in config.seeds:
     mine = [r for r in records if r['seed'] == seed]
@@ -129,11 +96,11 @@ def test_one_quick(data_dir, tmp_path, results):
 
 
 @pytest.mark.slow
-def test_byot_quick(data_dir, tmp_path, results):
-  config = _config(byot_config, data_dir, tmp_path)
+def test_byot_quick(quick_config, check_results, results):
+  config = quick_config(byot_config)
   rows = byot.run(config)
-  records = _check_outputs(results / 'byot_quick', byot.COLUMNS, rows,
-                           ['byot_exits.png', 'early_exit.png', 'early_exit_variants.png',
+  records = check_results(results / 'byot_quick', byot.COLUMNS, rows,
+                          ['byot_exits.png', 'early_exit.png', 'early_exit_variants.png',
                             'early_exit.md', 'early_exit.csv'])
   exits = [r for r in records if r['table'] == 'exits']
   early = [r for r in records if r['table'] == 'early_exit']

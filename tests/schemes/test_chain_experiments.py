@@ -3,13 +3,10 @@
 The takd MNIST-1D smoke test is in test_chain.py: it reuses that module's chain.
 """
 
-import json
-
 import jax
 import pytest
 
 from experiments import ban
-from experiments import common
 from experiments import eskd
 from experiments import takd
 from experiments.configs import ban as ban_config
@@ -18,40 +15,11 @@ from experiments.configs import takd as takd_config
 from kdjax import models
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
-@pytest.fixture
-def results(tmp_path, monkeypatch):
-  out = tmp_path / 'results'
-  monkeypatch.setattr(common, 'RESULTS', str(out))
-  return out
-
-
-def _config(module, data_dir, tmp_path, mode='quick'):
-  c = module.get_config(mode)
-  c.workdir = str(tmp_path / 'runs')
-  c.data_dir = data_dir
-  return c
-
-
-def _check_outputs(path, columns, rows, pngs):
-  for f in ('results.md', 'results.csv', 'records.json', *pngs):
-    assert (path / f).is_file(), f
-  md = (path / 'results.md').read_text()
-  assert '**Finding tested:**' in md and '**Verdict on our data:**' in md
-  assert md.count('\n|') >= len(rows) + 1
-  assert all(set(columns) <= set(r) for r in rows)
-  return json.loads((path / 'records.json').read_text())
-
-
 @pytest.mark.slow
-def test_eskd_quick(data_dir, tmp_path, results):
-  rows = eskd.run(_config(eskd_config, data_dir, tmp_path))
-  records = _check_outputs(results / 'eskd_quick', eskd.COLUMNS, rows,
-                           ['kd_loss_vs_acc.png', 'kd_loss_curves.png'])
+def test_eskd_quick(quick_config, check_results, results):
+  rows = eskd.run(quick_config(eskd_config))
+  records = check_results(results / 'eskd_quick', eskd.COLUMNS, rows,
+                          ['kd_loss_vs_acc.png', 'kd_loss_curves.png'])
   kinds = {(r['teacher'], r['teacher_step'], r['kd_term']) for r in records}
   assert kinds == {('— (scratch)', 0, '—'), ('T', 5, 'full'), ('T', 10, 'full'),
                    ('T', 10, 'stopped at 5')}
@@ -59,9 +27,9 @@ def test_eskd_quick(data_dir, tmp_path, results):
 
 
 @pytest.mark.slow
-def test_ban_quick(data_dir, tmp_path, results):
-  rows = ban.run(_config(ban_config, data_dir, tmp_path))
-  records = _check_outputs(results / 'ban_quick', ban.COLUMNS, rows, ['ban_generations.png'])
+def test_ban_quick(quick_config, check_results, results):
+  rows = ban.run(quick_config(ban_config))
+  records = check_results(results / 'ban_quick', ban.COLUMNS, rows, ['ban_generations.png'])
   by_model = {r['model']: r for r in records}
   assert by_model['independent ensemble #0–1']['members'] == 2
   assert by_model['ban gen 1']['vs_s0'] == pytest.approx(
@@ -76,30 +44,30 @@ def _check_digits_text(md, config_file, mode='digits_quick'):
 
 
 @pytest.mark.slow
-def test_eskd_digits_quick(data_dir, tmp_path, results):
-  rows = eskd.run(_config(eskd_config, data_dir, tmp_path, 'digits_quick'))
-  records = _check_outputs(results / 'eskd_digits_quick', eskd.COLUMNS, rows,
-                           ['kd_loss_vs_acc.png', 'kd_loss_curves.png'])
+def test_eskd_digits_quick(quick_config, check_results, results):
+  rows = eskd.run(quick_config(eskd_config, 'digits_quick'))
+  records = check_results(results / 'eskd_digits_quick', eskd.COLUMNS, rows,
+                          ['kd_loss_vs_acc.png', 'kd_loss_curves.png'])
   _check_digits_text((results / 'eskd_digits_quick' / 'results.md').read_text(), 'eskd.py')
   assert {(r['teacher'], r['teacher_step'], r['kd_term']) for r in records} == {
       ('— (scratch)', 0, '—'), ('T', 5, 'full'), ('T', 10, 'full'), ('T', 10, 'stopped at 5')}
 
 
 @pytest.mark.slow
-def test_ban_digits_quick(data_dir, tmp_path, results):
-  rows = ban.run(_config(ban_config, data_dir, tmp_path, 'digits_quick'))
-  records = _check_outputs(results / 'ban_digits_quick', ban.COLUMNS, rows,
-                           ['ban_generations.png'])
+def test_ban_digits_quick(quick_config, check_results, results):
+  rows = ban.run(quick_config(ban_config, 'digits_quick'))
+  records = check_results(results / 'ban_digits_quick', ban.COLUMNS, rows,
+                          ['ban_generations.png'])
   _check_digits_text((results / 'ban_digits_quick' / 'results.md').read_text(), 'ban.py')
   assert {r['model'] for r in records} >= {'S0 (scratch, BAN teacher)', 'ban gen 1',
                                            'independent ensemble #0–1'}
 
 
 @pytest.mark.slow
-def test_takd_digits_quick(data_dir, tmp_path, results):
-  rows = takd.run(_config(takd_config, data_dir, tmp_path, 'digits_quick'))
-  records = _check_outputs(results / 'takd_digits_quick', takd.COLUMNS, rows,
-                           ['takd_paths.png', 'kd_gain_vs_size.png'])
+def test_takd_digits_quick(quick_config, check_results, results):
+  rows = takd.run(quick_config(takd_config, 'digits_quick'))
+  records = check_results(results / 'takd_digits_quick', takd.COLUMNS, rows,
+                          ['takd_paths.png', 'kd_gain_vs_size.png'])
   md = (results / 'takd_digits_quick' / 'results.md').read_text()
   assert '(scikit-learn digits)' in md and 'scikit-learn digits (160 train / 40 test)' in md
   assert 'Teacher − student gap' in md
