@@ -135,9 +135,8 @@ def hint(student_feature: str, teacher_feature: str, weight: Weight = 1.0, *,
     'hint/embedding'
   """
   return Term(name or f'hint/{student_feature}', loss or losses.hint_l2, weight,
-              student=student_feature,
-              teacher=teacher_feature, teacher_name=teacher_name, adapter=adapter,
-              kwargs=kwargs)
+              student=student_feature, teacher=teacher_feature, teacher_name=teacher_name,
+              adapter=adapter, kwargs=kwargs)
 
 
 def _normalise_teachers(teachers: Teachers) -> tuple[dict[str, ForwardFn], bool]:
