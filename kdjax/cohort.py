@@ -378,7 +378,7 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
       stays stacked and the results are the same. ``jax.vmap`` turns each
       convolution into a grouped convolution, which XLA:CPU runs far slower
       than plain ones (measured on this 2-core CPU, ResNet-20 at K = 4: about
-      20× slower than unrolled; see ``experiments/results/bench_cohort``).
+      28× slower than unrolled; see ``experiments/results/bench_cohort``).
       Use it for convnets on CPU; keep the default elsewhere (it compiles a
       program that grows with ``K``).
 
