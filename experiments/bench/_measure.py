@@ -1,8 +1,12 @@
-"""Measurements shared by the benchmarks: matmul peak, XLA cost and memory, RSS."""
+"""Shared by the benchmarks: matmul peak, XLA cost and memory, RSS, machine facts, reports."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -51,3 +55,24 @@ def rss_bytes() -> int:
   except OSError:
     pass
   return -1
+
+
+def machine(load_average_start: float) -> dict:
+  """The facts a benchmark table is read against: JAX, devices, cores, load."""
+  return {
+      'jax': jax.__version__, 'device': f'{jax.devices()[0].device_kind} ×{jax.device_count()}',
+      'cpu_count': os.cpu_count(), 'platform': platform.platform(),
+      'load_average_start': load_average_start, 'load_average_end': os.getloadavg()[0],
+  }
+
+
+def write_report(out: str, result: dict, markdown: Callable[[dict], str]) -> dict:
+  """Writes ``out/bench.json`` and ``out/bench.md`` (``markdown(result)``), prints the table."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'bench.json'), 'w') as f:
+    json.dump(result, f, indent=2, default=float)
+  table = markdown(result)
+  with open(os.path.join(out, 'bench.md'), 'w') as f:
+    f.write(table)
+  print(table)
+  return result

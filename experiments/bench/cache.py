@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import platform
 import time
 
 import jax
@@ -40,8 +38,10 @@ import optax
 
 from experiments.bench._measure import compiled_flops
 from experiments.bench._measure import compiled_memory
+from experiments.bench._measure import machine
 from experiments.bench._measure import matmul_peak
 from experiments.bench._measure import rss_bytes
+from experiments.bench._measure import write_report
 from kdjax import cache as kc
 from kdjax import data as kdata
 from kdjax import models
@@ -237,20 +237,11 @@ def main(argv=None) -> dict:
       print(f"{name:24s} {r['variant']:15s} {r['steps_per_s']:8.0f} steps/s "
             f"{r['flop_per_s'] / 1e9:7.2f} GFLOP/s", flush=True)
   result = {
-      'jax': jax.__version__, 'device': f'{jax.devices()[0].device_kind} ×{jax.device_count()}',
-      'cpu_count': os.cpu_count(), 'platform': platform.platform(),
-      'matmul_peak_flop_per_s': peak, 'load_average_start': load_start,
-      'load_average_end': os.getloadavg()[0], 'temperature': TEMPERATURE, 'topk': TOPK,
+      **machine(load_start), 'matmul_peak_flop_per_s': peak,
+      'temperature': TEMPERATURE, 'topk': TOPK,
       'rss_end_bytes': rss_bytes(), 'pairs': pairs,
   }
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, 'bench.json'), 'w') as f:
-    json.dump(result, f, indent=2, default=float)
-  table = markdown(result)
-  with open(os.path.join(args.out, 'bench.md'), 'w') as f:
-    f.write(table)
-  print(table)
-  return result
+  return write_report(args.out, result, markdown)
 
 
 if __name__ == '__main__':

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import jax
@@ -37,7 +36,9 @@ import numpy as np
 import optax
 
 from experiments.bench._measure import compiled_flops
+from experiments.bench._measure import machine
 from experiments.bench._measure import matmul_peak
+from experiments.bench._measure import write_report
 from kdjax import cohort as co
 from kdjax import models
 from kdjax import steps
@@ -243,19 +244,10 @@ def main(argv=None) -> dict:
   # Re-measured at the end: on a shared machine the best reading is the peak.
   peak = max(peak, matmul_peak())
   result = {
-      'jax': jax.__version__, 'device': f'{jax.devices()[0].device_kind} ×{jax.device_count()}',
-      'cpu_count': os.cpu_count(), 'platform': platform.platform(),
-      'matmul_peak_flop_per_s': peak, 'load_average_start': load_start,
-      'load_average_end': os.getloadavg()[0], 'temperature': TEMPERATURE, 'rows': rows,
+      **machine(load_start), 'matmul_peak_flop_per_s': peak,
+      'temperature': TEMPERATURE, 'rows': rows,
   }
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, 'bench.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  table = markdown(result)
-  with open(os.path.join(args.out, 'bench.md'), 'w') as f:
-    f.write(table)
-  print(table)
-  return result
+  return write_report(args.out, result, markdown)
 
 
 if __name__ == '__main__':
