@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench constraints clean
+.PHONY: install demo test test-fast lint bench constraints clean experiments-report
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test-fast: install
 
 bench: install
 	$(PY) -m experiments.bench.cohort
+
+# Tables, verdicts, plots and experiments/README.md from the committed records (no training).
+experiments-report: install
+	$(PY) -m experiments.report --from-records --index
 
 constraints: install
 	$(PY) -m pip freeze --exclude-editable | sed '1i # Pinned, tested versions (Python 3.11, CPU). Regenerate with `make constraints`.' > constraints.txt

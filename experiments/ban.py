@@ -17,20 +17,18 @@ Usable from a notebook::
 from __future__ import annotations
 
 import os
-import time
-
-import numpy as np
 
 from experiments import common
+from experiments import stats
 from experiments.takd import DATASETS
 from experiments.takd import load_data
-from experiments.takd import verdict_of
 from kdjax import models
 from kdjax import runs
 from kdjax import schemes
 
 
-COLUMNS = ('model', 'members', 'test accuracy', 'vs S0 (paired)', 'NLL', 'disagreement',
+DELTA = 'Δ vs S0 (paired)'
+COLUMNS = ('model', 'members', 'test accuracy', DELTA, *stats.COLUMNS, 'NLL', 'disagreement',
            'seeds')
 FINDING = ('BAN (Furlanello et al. 2018, seed 003): born-again generation 2 or more beats '
            'generation 1, and the ensemble of generations beats a single model. Efficacy of KD '
@@ -40,9 +38,7 @@ FINDING = ('BAN (Furlanello et al. 2018, seed 003): born-again generation 2 or m
 
 def run(config) -> list[dict]:
   """Runs independent models and BAN chains for every seed; writes results/<config.results>/."""
-  t0 = time.perf_counter()
   common.enable_compilation_cache(config.get('compilation_cache', ''))
-  dataset = DATASETS[config.get('dataset', 'mnist1d')]
   train_src, test_src = load_data(config)
   name, registry_name, kw = config.model
   model = models.create(registry_name, 10, **dict(kw))
@@ -82,16 +78,55 @@ def run(config) -> list[dict]:
       add(seed, f'{variant} ensemble gen 1–{k}', 'ensemble', gens, s0)
       add(seed, f'{variant} ensemble gen 0–{k}', 'ensemble', members[:1] + gens, s0)
 
+  out_dir = common.results_dir(config.results)
+  common.save_records(records, os.path.join(out_dir, 'records.json'))
+  setup = common.save_setup(
+      out_dir, experiment='ban', config=config,
+      command='python -m experiments.run --config experiments/configs/ban.py'
+      + ('' if config.mode == 'default' else f':{config.mode}'),
+      facts={'train_size': len(train_src), 'test_size': len(test_src)})
+  return report(common.load_results(out_dir)[0], setup, out_dir)
+
+
+def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the table, plot and verdict from the records alone; returns the table rows."""
+  config, facts = common.config_of(setup), setup['facts']
+  dataset = DATASETS[config.get('dataset', 'mnist1d')]
+  name, registry_name, kw = config.model
+  k = config.generations
+  seeds = common.seeds_of(records)
   agg = common.aggregate(records, ['model', 'members'],
                          ['accuracy', 'vs_s0', 'nll', 'disagreement'],
                          percent=['accuracy', 'vs_s0', 'disagreement'])
+  s0 = 'S0 (scratch, BAN teacher)'
+  family = [(f'{r["model"]} vs S0', common.paired(records, {'model': r['model']}, {'model': s0}))
+            for r in agg if r['model'] != s0 and not r['model'].startswith('independent #')]
+
+  comparisons = []  # (variant, kind, name)
+
+  def compare(variant, kind, text, a, b):
+    label = f'{variant}: {text}'
+    family.append((label, common.paired(records, {'model': a}, {'model': b})))
+    comparisons.append((variant, kind, label))
+
+  for variant, _, _ in config.variants:
+    for g in range(2, k + 1):
+      compare(variant, 'gen', f'gen {g} vs gen 1', f'{variant} gen {g}', f'{variant} gen 1')
+    compare(variant, 'ensemble', f'ensemble gen 1–{k} vs gen {k} alone',
+            f'{variant} ensemble gen 1–{k}', f'{variant} gen {k}')
+    compare(variant, 'control', f'ensemble gen 0–{k} vs independent ensemble #0–{k}',
+            f'{variant} ensemble gen 0–{k}', f'independent ensemble #0–{k}')
+    compare(variant, 'control', f'ensemble gen 1–{k} vs independent ensemble #1–{k}',
+            f'{variant} ensemble gen 1–{k}', f'independent ensemble #1–{k}')
+  for variant, _, _ in config.variants:
+    for g in range(1, k + 1):
+      comparisons.append((variant, 'teacher', f'{variant} gen {g} vs S0'))
+  cmp = {c.name: c for c in stats.compare(family)}
   rows = [{**r, 'test accuracy': r['accuracy'],
-           'vs S0 (paired)': '—' if r['model'].startswith('S0') else r['vs_s0'],
+           **stats.columns(cmp.get(f'{r["model"]} vs S0'), delta=DELTA),
            'NLL': r['nll'], 'disagreement': r['disagreement'] if r['members'] > 1 else '—'}
           for r in agg]
 
-  out_dir = common.results_dir(config.results)
-  common.save_records(records, os.path.join(out_dir, 'records.json'))
   by_model = {r['model']: r for r in agg}
   gen_rows = []
   for variant, _, _ in config.variants:
@@ -108,44 +143,22 @@ def run(config) -> list[dict]:
                  **{f'{v} ensemble gen 0–{k}': by_model[f'{v} ensemble gen 0–{k}']['accuracy_mean']
                     for v, _, _ in config.variants}})
 
-  def acc(label):
-    return np.asarray([r['accuracy'] for r in records if r['model'] == label])
-
-  comparisons = []  # (variant, kind, text, verdict)
-
-  def compare(variant, kind, text, a, b):
-    d = acc(a) - acc(b)
-    comparisons.append((variant, kind, f'{variant}: {text}: {common.mean_std(d)} points',
-                        verdict_of(d)))
-
-  for variant, _, _ in config.variants:
-    for g in range(2, k + 1):
-      compare(variant, 'gen', f'gen {g} vs gen 1', f'{variant} gen {g}', f'{variant} gen 1')
-    for g in range(1, k + 1):
-      compare(variant, 'teacher', f'gen {g} vs its scratch teacher S0', f'{variant} gen {g}',
-              'S0 (scratch, BAN teacher)')
-    compare(variant, 'ensemble', f'ensemble gen 1–{k} vs gen {k} alone',
-            f'{variant} ensemble gen 1–{k}', f'{variant} gen {k}')
-    compare(variant, 'control', f'ensemble gen 0–{k} vs independent ensemble #0–{k}',
-            f'{variant} ensemble gen 0–{k}', f'independent ensemble #0–{k}')
-    compare(variant, 'control', f'ensemble gen 1–{k} vs independent ensemble #1–{k}',
-            f'{variant} ensemble gen 1–{k}', f'independent ensemble #1–{k}')
-  lines = [f'{text} → {v}' for _, _, text, v in comparisons]
-
   def outcome(kind):
     parts = []
     for variant, _, _ in config.variants:
-      found = [(t.split(': ')[1], v) for w, kd, t, v in comparisons if w == variant and kd == kind]
-      parts.append(f'{variant}: ' + ', '.join(f'{t} {v}' for t, v in found))
+      found = [cmp[label] for w, kd, label in comparisons if w == variant and kd == kind]
+      parts.append(f'{variant}: ' + ', '.join(
+          f'{c.name.split(": ", 1)[-1]} {stats.format_delta(c)} {stats.format_ci(c)} '
+          f'({c.verdict})' for c in found))
     return '; '.join(parts)
 
   dis = {v: by_model[f'{v} ensemble gen 0–{k}']['disagreement_mean'] for v, _, _ in config.variants}
   indep_dis = by_model[f'independent ensemble #0–{k}']['disagreement_mean']
   def status(kind, variant):
-    found = [v for w, kd, _, v in comparisons if kd == kind and w == variant]
-    if found and all(v == 'one seed only' for v in found):
+    found = [cmp[label].verdict for w, kd, label in comparisons if kd == kind and w == variant]
+    if found and all(v == stats.TOO_FEW for v in found):
       return 'undetermined (one seed)'
-    return ('better' in found, 'worse' in found)
+    return (stats.BETTER in found, stats.WORSE in found)
 
   def said_one(kind, variant, positive):
     s = status(kind, variant)
@@ -154,7 +167,10 @@ def run(config) -> list[dict]:
     better, worse = s
     if positive:  # the finding claims "better"
       return 'reproduced' if better else ('contradicted' if worse else 'not reproduced')
-    return 'contradicted' if better else 'reproduced'  # the finding claims "not better"
+    if better:  # the finding claims "not better"
+      return 'contradicted'
+    return ('holds (the BAN ensemble is significantly worse)' if worse
+            else 'not contradicted (no significant difference)')
 
   def said(kind, positive):
     return ', '.join(f'{v} {said_one(kind, v, positive)}' for v, _, _ in config.variants)
@@ -172,25 +188,21 @@ def run(config) -> list[dict]:
       f'(4) Efficacy control, BAN ensembles vs as many independent models: {outcome("control")}'
       ' (mean pairwise disagreement of the gen 0–k ensembles: '
       + ', '.join(f'{v} {100 * d:.1f}%' for v, d in dis.items())
-      + f'; independent: {100 * indep_dis:.1f}%).',
-      'Criterion: mean paired difference beyond two standard errors ("better"/"worse"), else '
-      '"within noise".'])
+      + f'; independent: {100 * indep_dis:.1f}%).'])
   notes = (
-      f'Setup: {dataset} ({len(train_src)} train / {len(test_src)} test); every model is {name} '
+      f'Setup: {dataset} ({facts["train_size"]} train / {facts["test_size"]} test); every model '
+      f'is {name} '
       f'({registry_name} {dict(kw)}) trained {config.num_steps} steps (lr '
       f'{config.learning_rate:g}, Adam + cosine decay, batch {config.batch_size}). BAN '
       'variants (loss α·CE + (1−α)·τ²·KL to the previous generation): '
       + ', '.join(f'`{v}` α={a:g}, τ={t:g}' for v, a, t in config.variants) +
       f'. Independent model #g and BAN generation g share seed (seed + 1000·g): same '
-      'initialisation and data order. Ensembles average softmax probabilities. Mean ± std over '
-      f'seeds {tuple(config.seeds)}; "vs S0" is the paired difference to the scratch teacher.\n\n'
-      'Paired differences:\n\n' + '\n'.join(f'- {l}' for l in lines) +
-      f'\n\nPlot: `ban_generations.png`. Wall time of the call that wrote this file: '
-      f'{time.perf_counter() - t0:.0f} s (runs found complete in the workdir are restored, not '
-      'retrained).' + (f'\n\n{config.notes}' if config.get('notes') else ''))
+      'initialisation and data order. Ensembles average softmax probabilities. Test accuracy: mean '
+      f'± std over seeds; "{DELTA}" is the paired difference to the scratch teacher.\n\n'
+      + common.comparison_lines(list(cmp.values())) +
+      '\n\nPlot: `ban_generations.png`.' + (f'\n\n{config.notes}' if config.get('notes') else ''))
   common.write_results(
       config.results, rows, COLUMNS, title=f'Born-again networks and ensembles ({dataset})',
-      finding=FINDING, verdict=verdict,
-      command='python -m experiments.run --config experiments/configs/ban.py'
-      + ('' if config.mode == 'default' else f':{config.mode}'), notes=notes)
+      finding=FINDING, verdict=verdict, command=setup['command'], notes=notes, out_dir=out_dir,
+      dataset=dataset, seeds=seeds)
   return rows

@@ -22,13 +22,13 @@ Usable from a notebook::
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import numpy as np
 
 from experiments import common
-from experiments import report
+from experiments import report as report_lib
+from experiments import stats
 from experiments.dml import eval_batches
 from experiments.dml import fresh_workdir
 from experiments.dml import init_key
@@ -36,7 +36,6 @@ from experiments.dml import jit_init
 from experiments.dml import run_dir
 from experiments.dml import train_loop
 from experiments.takd import load_data
-from experiments.takd import verdict_of
 from kdjax import models
 from kdjax import online
 from kdjax import runs
@@ -45,8 +44,9 @@ from kdjax import train
 from kdjax.state import TrainState
 
 
-COLUMNS = ('model', 'exit', 'FLOPs vs plain CNN1D', 'test accuracy', 'Δ vs plain (paired)',
-           'verdict', 'test NLL', 'seeds')
+DELTA = 'Δ vs plain (paired)'
+COLUMNS = ('model', 'exit', 'FLOPs vs plain CNN1D', 'test accuracy', DELTA, *stats.COLUMNS,
+           'test NLL', 'seeds')
 EXIT_COLUMNS = ('model', 'threshold', 'test accuracy', 'FLOPs vs plain CNN1D',
                 'FLOPs vs deepest exit', 'mean exit', 'exit shares (1/2/…)', 'seeds')
 FINDING = ('BYOT (Zhang et al. 2019; METHODS.md §B–C): the shallow exits of a self-distilled '
@@ -62,7 +62,6 @@ def _threshold_label(t: float) -> str:
 
 def run(config) -> list[dict]:
   """Trains the BYOT variants and the plain network; writes results/<config.results>/."""
-  t0 = time.perf_counter()
   fresh_workdir(config)
   train_src, test_src = load_data(config)
   sample_x = np.asarray(train_src[0]['x'])[None]
@@ -132,20 +131,48 @@ def run(config) -> list[dict]:
   plain_acc = {r['seed']: r['accuracy'] for r in records if r['model'] == PLAIN}
   for r in records:
     r['delta'] = r['accuracy'] - plain_acc[r['seed']]
+  out_dir = common.results_dir(config.results)
+  common.save_records([{'table': 'exits', **r} for r in records]
+                      + [{'table': 'early_exit', **r} for r in exit_records],
+                      os.path.join(out_dir, 'records.json'))
+  setup = common.save_setup(
+      out_dir, experiment='byot', config=config,
+      command='python -m experiments.run --config experiments/configs/byot.py'
+      + ('' if config.results == 'byot' else ':quick'),
+      facts={'train_size': len(train_src), 'test_size': len(test_src),
+             'plain_flops': float(plain_flops), 'exit_flops': [float(c) for c in exit_costs],
+             'train_seconds': float(sum(timings))})
+  return report(common.load_results(out_dir)[0], setup, out_dir)
+
+
+def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the tables, plots and verdict from the records alone; returns the table rows."""
+  config, facts = common.config_of(setup), setup['facts']
+  records = [r for r in all_records if r['table'] == 'exits']
+  exit_records = [r for r in all_records if r['table'] == 'early_exit']
+  plain_flops, exit_costs = facts['plain_flops'], facts['exit_flops']
+  num_exits = len(exit_costs)
+  primary = config.variants[0][0]
+  control = [name for name, alpha, _, lam, _ in config.variants if alpha == 0 and lam == 0]
+  family = []
+  for name, *_ in config.variants:
+    for k in range(1, num_exits + 1):
+      family.append((f'{name}: exit {k} vs plain', common.paired(
+          records, {'model': name, 'exit_index': k}, {'model': PLAIN})))
+  if control:
+    for k in range(1, num_exits + 1):
+      family.append((f'{primary} − {control[0]}: exit {k}', common.paired(
+          records, {'model': primary, 'exit_index': k}, {'model': control[0], 'exit_index': k})))
+  cmp = {c.name: c for c in stats.compare(family)}
   agg = common.aggregate(records, ['model', 'exit', 'exit_index'],
                          ['accuracy', 'delta', 'nll', 'flops'], percent=['accuracy', 'delta'])
-
-  def diffs(model, exit_name):
-    return np.asarray([r['delta'] for r in records
-                       if r['model'] == model and r['exit'] == exit_name], np.float64)
-
   rows = []
   for r in agg:
     base = r['model'] == PLAIN
+    c = None if base else cmp[f'{r["model"]}: exit {r["exit_index"]} vs plain']
     rows.append({**r, 'test accuracy': r['accuracy'], 'test NLL': r['nll'],
                  'FLOPs vs plain CNN1D': f"{100 * r['flops_mean'] / plain_flops:.0f}%",
-                 'Δ vs plain (paired)': '—' if base else r['delta'],
-                 'verdict': '—' if base else verdict_of(diffs(r['model'], r['exit']))})
+                 **stats.columns(c, delta=DELTA)})
 
   fractions = [f'exit{k}_fraction' for k in range(1, num_exits + 1)]
   exit_agg = common.aggregate(exit_records, ['model', 'threshold', 'label'],
@@ -160,14 +187,9 @@ def run(config) -> list[dict]:
                     f"{100 * r[f'{f}_mean']:.0f}%" for f in fractions)}
                for r in exit_agg]
 
-  out_dir = common.results_dir(config.results)
-  common.save_records([{'table': 'exits', **r} for r in records]
-                      + [{'table': 'early_exit', **r} for r in exit_records],
-                      os.path.join(out_dir, 'records.json'))
-  report.write_table(exit_rows, EXIT_COLUMNS, os.path.join(out_dir, 'early_exit'),
-                     title='BYOT early exit on MNIST-1D (mean ± std over seeds)')
+  report_lib.write_table(exit_rows, EXIT_COLUMNS, os.path.join(out_dir, 'early_exit'),
+                         title='BYOT early exit on MNIST-1D (mean ± std over seeds)')
   plain_row = next(r for r in agg if r['model'] == PLAIN)
-  primary = config.variants[0][0]
   # Accuracy of every exit per variant, against the plain network.
   common.errorbar_plot([r for r in agg if r['model'] != PLAIN], x='exit_index', metric='accuracy',
                        series='model', path=os.path.join(out_dir, 'byot_exits.png'),
@@ -189,7 +211,8 @@ def run(config) -> list[dict]:
                  for k in range(1, num_exits + 1)]
   online.plot_early_exit(primary_table, os.path.join(out_dir, 'early_exit.png'),
                          x='flops_vs_plain', head_points=head_points,
-                         title=f'{primary}: early exit (mean over {len(config.seeds)} seeds)')
+                         title=f'{primary}: early exit (mean over '
+                         f'{len(common.seeds_of(records))} seeds)')
 
   # Verdict.
   by = {(r['model'], r['exit_index']): r for r in rows}
@@ -198,25 +221,18 @@ def run(config) -> list[dict]:
     parts = []
     for k in range(1, num_exits + 1):
       r = by[(name, k)]
-      parts.append(f"exit {k} {r['test accuracy']}% (Δ {r['Δ vs plain (paired)']}, "
+      parts.append(f"exit {k} {r['test accuracy']}% (Δ {r[DELTA]} {r['95% CI']}, "
                    f"{r['verdict']}) at {r['FLOPs vs plain CNN1D']} FLOPs")
     lines.append(f'{name}: ' + '; '.join(parts))
-  deepest = by[(primary, num_exits)]
-  deep_verdict = deepest['verdict']
-  deep_outcome = {'better': 'reproduced', 'worse': 'refuted'}.get(deep_verdict, 'not reproduced')
-  control = [name for name, alpha, _, lam, _ in config.variants if alpha == 0 and lam == 0]
+  deepest = cmp[f'{primary}: exit {num_exits} vs plain']
+  outcomes = {stats.BETTER: 'reproduced', stats.WORSE: 'refuted'}
+  deep_outcome = outcomes.get(deepest.verdict, 'not reproduced')
   control_line = ''
   if control:
-    c_name = control[0]
-    parts = []
-    for k in range(1, num_exits + 1):
-      a = np.asarray([r['accuracy'] for r in records if r['model'] == primary
-                      and r['exit_index'] == k])
-      b = np.asarray([r['accuracy'] for r in records if r['model'] == c_name
-                      and r['exit_index'] == k])
-      parts.append(f'exit {k} {common.mean_std(a - b)} points ({verdict_of(a - b)})')
-    control_line = (f' Self-distillation vs the CE-only control ({primary} − {c_name}, paired): '
-                    + '; '.join(parts) + '.')
+    control_line = (f' Self-distillation vs the CE-only control ({primary} − {control[0]}, '
+                    'paired): ' + '; '.join(
+                        f'exit {k} {stats.summary(cmp[f"{primary} − {control[0]}: exit {k}"])}'
+                        for k in range(1, num_exits + 1)) + '.')
   primary_exits = [r for r in exit_agg if r['model'] == primary]
   plain_mean = plain_row['accuracy_mean']
   # "Usable": some threshold loses at most 1 point against the plain network with fewer FLOPs.
@@ -226,26 +242,25 @@ def run(config) -> list[dict]:
   if best is not None:
     early_line = (f"usable — with early exit at threshold {best['label']}, {primary} reaches "
                   f"{best['accuracy']}% at {best['flops_vs_plain']}% of the plain network's "
-                  f"FLOPs (plain CNN1D {plain_row['accuracy']}%)")
+                  f"FLOPs (plain CNN1D {plain_row['accuracy']}%; criterion: mean accuracy "
+                  'within 1 point of the plain network with fewer FLOPs, descriptive, not a '
+                  'test)')
   else:
-    early_line = ('not usable as a compute saving — no threshold keeps the accuracy within 1 '
-                  f"point of the plain CNN1D ({plain_row['accuracy']}%) with fewer FLOPs")
+    early_line = ('not usable as a compute saving — no threshold keeps the mean accuracy within '
+                  f"1 point of the plain CNN1D ({plain_row['accuracy']}%) with fewer FLOPs")
   shallow = '; '.join(
       f"exit {k} alone {by[(primary, k)]['test accuracy']}% at "
       f"{by[(primary, k)]['FLOPs vs plain CNN1D']} of the plain FLOPs"
       for k in range(1, num_exits))
   verdict = (
       f'(1) Shallow exits: {early_line}; {shallow}. '
-      f"(2) Deepest head vs the plain network: {deepest['Δ vs plain (paired)']} points → "
-      f'{deep_verdict}; the finding that the deepest head improves is {deep_outcome} on our '
-      f'data.{control_line} Per variant: ' + ' | '.join(lines) + '. Criterion: mean '
-      'paired difference beyond two standard errors over seeds → "better"/"worse", else '
-      '"within noise".')
+      f'(2) Deepest head vs the plain network: {stats.summary(deepest)}; the finding that the '
+      f'deepest head improves is {deep_outcome} on our data.{control_line}')
   variant_text = '; '.join(
       f'`{n}`: α={a:g}, τ={t:g}, λ={lam:g}, feature_reduction=\'{red}\'' for n, a, t, lam, red
       in config.variants)
   notes = (
-      f'Setup: MNIST-1D ({len(train_src)} train / {len(test_src)} test). BYOT = '
+      f'Setup: MNIST-1D ({facts["train_size"]} train / {facts["test_size"]} test). BYOT = '
       f'`kdjax.models.byot_cnn1d(channels={config.channels})`: the CNN1D with an exit after each '
       'of its 3 conv layers (exits 1–2: average pooling, 1×1 conv, Dense; exit 3: the CNN1D '
       'classifier). Each shallow exit gets (1−α)·CE + α·τ²·KL(deepest ‖ exit) + '
@@ -254,27 +269,26 @@ def run(config) -> list[dict]:
       'with the same options, trained alone with the cross-entropy. All runs: Adam with cosine '
       f'decay, lr {config.learning_rate:g}, {config.num_steps} steps, batch {config.batch_size}; '
       'the runs of a seed share the data order (and the BYOT variants the initialisation). '
-      f'"Δ" is the per-seed difference to the plain network; mean ± std over seeds '
-      f'{tuple(config.seeds)}. FLOPs: XLA cost analysis per example (`kdjax.models.flops`, '
+      '"Δ" is the per-seed difference to the plain network; accuracies are mean ± std over '
+      'seeds. FLOPs: XLA cost analysis per example (`kdjax.models.flops`, '
       '`kdjax.online.exit_flops`: exiting at exit k runs stages and heads 1..k); plain CNN1D '
       f'{plain_flops:,.0f}, BYOT exits ' + ', '.join(f'{c:,.0f}' for c in exit_costs) + ' '
       '(the FLOPs column of an exit counts every shallow head checked before it; the deepest '
       'exit deployed alone, with the shallow heads dropped, costs what the plain network '
-      'costs).\n\n'
+      'costs). Per variant: ' + ' | '.join(lines) + '.\n\n'
+      + common.comparison_lines(list(cmp.values())) + '\n\n'
       '## Early exit\n\nEach test example leaves at the first exit whose top softmax '
       'probability reaches the threshold (the deepest exit answers otherwise); '
       '`kdjax.online.early_exit_table`. Also in `early_exit.md` / `.csv`.\n\n'
-      + report.markdown_table(exit_rows, EXIT_COLUMNS) + '\n\n'
+      + report_lib.markdown_table(exit_rows, EXIT_COLUMNS) + '\n\n'
       'Plots: `byot_exits.png` (accuracy of each exit), `early_exit.png` (accuracy vs compute '
       f'for {primary}, with each exit alone), `early_exit_variants.png` (all variants). Total '
-      f'training time of the runs {sum(timings):.0f} s; wall time of the call that wrote this '
-      f'file {time.perf_counter() - t0:.0f} s (runs found complete in the workdir are restored, '
-      'not retrained).')
+      f'training time of the runs {facts["train_seconds"]:.0f} s (runs found complete in the '
+      'workdir are restored, not retrained).')
   common.write_results(
       config.results, rows, COLUMNS, title='BYOT: self-distilled exits vs the plain CNN1D '
-      '(MNIST-1D)', finding=FINDING, verdict=verdict,
-      command='python -m experiments.run --config experiments/configs/byot.py'
-      + ('' if config.results == 'byot' else ':quick'), notes=notes)
+      '(MNIST-1D)', finding=FINDING, verdict=verdict, command=setup['command'], notes=notes,
+      out_dir=out_dir, dataset='MNIST-1D', seeds=common.seeds_of(records))
   return rows
 
 

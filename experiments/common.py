@@ -1,15 +1,25 @@
-"""Shared pieces of the experiments: seeds, mean ± std tables, plots, result paths, caches."""
+"""Shared pieces of the experiments: seeds, mean ± std tables, plots, result paths, caches.
+
+Every experiment writes ``results/<name>/records.json`` (the per-seed records)
+and ``setup.json`` (what produced them: the experiment, its regenerate command,
+its config and facts measured during the run such as dataset sizes and
+parameter counts). Its ``report(records, setup, out_dir)`` writes the tables,
+verdicts and plots from those two files alone, so ``python -m
+experiments.report --from-records`` regenerates them without retraining.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from experiments import report
+from experiments import stats
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
@@ -81,6 +91,96 @@ def save_records(records: Sequence[Mapping[str, object]], path: str) -> None:
     json.dump(list(records), f, indent=1, default=float)
 
 
+def save_setup(out_dir: str, *, experiment: str, command: str, config: Any,
+               facts: Mapping[str, Any] | None = None) -> dict:
+  """Writes ``<out_dir>/setup.json``: what produced the records; returns it as read back.
+
+  Args:
+    out_dir: the experiment's results directory.
+    experiment: the module name under ``experiments/`` whose ``report`` reads it.
+    command: the command that reruns the experiment.
+    config: the run's ``ml_collections.ConfigDict`` (stored as a plain dict).
+    facts: numbers measured during the run that are not per-seed records
+      (dataset sizes, parameter counts, FLOPs, training time).
+  """
+  cfg = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  setup = {'experiment': experiment, 'command': command, 'config': cfg,
+           'facts': dict(facts or {})}
+  path = os.path.join(out_dir, 'setup.json')
+  with open(path, 'w') as f:
+    json.dump(setup, f, indent=1, default=_json_default)
+    f.write('\n')
+  with open(path) as f:
+    return json.load(f)
+
+
+def _json_default(value):
+  if isinstance(value, (np.integer, np.floating)):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return str(value)
+
+
+def load_results(out_dir: str) -> tuple[list[dict], dict]:
+  """``(records, setup)`` read from ``<out_dir>/records.json`` and ``setup.json``."""
+  with open(os.path.join(out_dir, 'records.json')) as f:
+    records = json.load(f)
+  with open(os.path.join(out_dir, 'setup.json')) as f:
+    setup = json.load(f)
+  return records, setup
+
+
+def config_of(setup: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The run's config from ``setup.json`` (lists where the config had tuples)."""
+  return ml_collections.ConfigDict(setup['config'])
+
+
+def seeds_of(records: Iterable[Mapping[str, Any]]) -> tuple:
+  """The sorted seeds present in ``records``.
+
+  Examples:
+    >>> seeds_of([{'seed': 2}, {'seed': 0}, {'seed': 2}, {'other': 1}])
+    (0, 2)
+  """
+  return tuple(sorted({r['seed'] for r in records if 'seed' in r}))
+
+
+def by_seed(records: Iterable[Mapping[str, Any]], metric: str = 'accuracy',
+            **where) -> dict:
+  """``{seed: record[metric]}`` over the records matching every ``key=value`` of ``where``.
+
+  Raises:
+    ValueError: if a seed matches twice (the selection does not identify one run per seed).
+
+  Examples:
+    >>> by_seed([{'seed': 0, 'm': 'a', 'accuracy': 0.5}, {'seed': 0, 'm': 'b',
+    ...          'accuracy': 0.7}], m='b')
+    {0: 0.7}
+  """
+  out = {}
+  for r in records:
+    if all(r.get(k) == v for k, v in where.items()):
+      if r['seed'] in out:
+        raise ValueError(f'Seed {r["seed"]} matches twice for {where}.')
+      out[r['seed']] = r[metric]
+  return out
+
+
+def paired(records: Iterable[Mapping[str, Any]], method: Mapping[str, Any],
+           baseline: Mapping[str, Any], metric: str = 'accuracy') -> Any:
+  """Per-seed differences ``metric(method) − metric(baseline)``, paired by seed."""
+  records = list(records)
+  return stats.paired_differences(by_seed(records, metric, **method),
+                                  by_seed(records, metric, **baseline))
+
+
+def comparison_lines(family: Sequence[stats.Comparison]) -> str:
+  """A Markdown list of every comparison of a family, with the criterion."""
+  return ('Paired comparisons (' + stats.CRITERION + '; Δ in accuracy points):\n\n'
+          + '\n'.join(f'- {c.name}: {stats.summary(c)}' for c in family))
+
+
 def errorbar_plot(rows: Sequence[Mapping[str, object]], *, x: str, metric: str, path: str,
                   series: str | None = None, title: str = '', xlabel: str | None = None,
                   ylabel: str = 'test accuracy (%)', percent: bool = True,
@@ -132,12 +232,33 @@ def errorbar_plot(rows: Sequence[Mapping[str, object]], *, x: str, metric: str, 
 
 def write_results(name: str, rows: Sequence[Mapping[str, object]], columns: Sequence[str], *,
                   title: str, finding: str, verdict: str, command: str,
-                  notes: str = '') -> str:
-  """Writes ``results/<name>/results.{md,csv}`` with the finding tested and the verdict."""
-  text = (f'**Finding tested:** {finding}\n\n**Verdict on our data:** {verdict}\n\n'
-          f'**Regenerate:** `{command}`\n\n{notes}')
-  return report.write_table(rows, columns, os.path.join(results_dir(name), 'results'),
-                            title=title, notes=text)
+                  notes: str = '', out_dir: str | None = None, dataset: str = '',
+                  seeds: Sequence[int] = ()) -> str:
+  """Writes ``results.{md,csv}`` with the finding tested and the verdict.
+
+  Args:
+    name: the results name (``results/<name>/``), used unless ``out_dir`` is given.
+    rows: table rows.
+    columns: the table's columns.
+    title: the Markdown title.
+    finding: the finding tested.
+    verdict: the verdict on our data (generated from the records).
+    command: the command that reruns the experiment.
+    notes: the text after the table.
+    out_dir: the directory to write to.
+    dataset: the data, listed in the experiments index.
+    seeds: the seeds, listed in the experiments index.
+  """
+  head = f'**Finding tested:** {finding}\n\n'
+  if dataset:
+    head += f'**Data:** {dataset}\n\n'
+  if seeds:
+    head += f'**Seeds:** {", ".join(str(s) for s in seeds)}\n\n'
+  text = (head + f'**Verdict on our data:** {verdict}\n\n**Regenerate:** `{command}`\n\n'
+          f'{notes}')
+  path = out_dir if out_dir is not None else results_dir(name)
+  return report.write_table(rows, columns, os.path.join(path, 'results'), title=title,
+                            notes=text)
 
 
 def run_seeds(fn: Callable[[int], Mapping[str, object]], seeds: Sequence[int]) -> list[dict]:

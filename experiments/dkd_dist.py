@@ -25,12 +25,14 @@ import os
 import jax.numpy as jnp
 
 from experiments import common
+from experiments import stats
 from experiments import temperature as base
 from kdjax import losses
 from kdjax import steps
 
 
-COLUMNS = ('dataset', 'method', 'setting', 'seeds', base.ACC, base.DELTA, base.VS_KD, base.AGREE)
+COLUMNS = ('dataset', 'method', 'setting', 'seeds', *base.VS_KD_COLUMNS)
+KEYS = ('dataset', 'method', 'setting')
 
 
 def warmup(steps_: int):
@@ -64,10 +66,15 @@ def collect(config) -> list[dict]:
 
 
 def write(config, records: list[dict]) -> list[dict]:
-  """Writes records.json, the table, plots and verdict; returns the table rows."""
-  out_dir = common.results_dir(config.results)
-  common.save_records(records, os.path.join(out_dir, 'records.json'))
+  """Writes records.json, setup.json, the table, plots and verdict; returns the table rows."""
+  return report(*base.save(config, records))
+
+
+def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the table, plots and verdict from the records alone; returns the table rows."""
+  config = common.config_of(setup)
   rows = base.summarise_vs_kd(records)
+  cmp = base.compare_vs_kd(records, rows)
   for dataset in config.datasets_run:
     sel = [dict(r, label=f"{r['method']} {r['setting']}".strip(' -'))
            for r in rows if r['dataset'] == dataset]
@@ -81,41 +88,43 @@ def write(config, records: list[dict]) -> list[dict]:
   for dataset in config.datasets_run:
     sel = [r for r in rows if r['dataset'] == dataset]
     kd = next(r for r in sel if r['method'] == 'KD')
-    parts = []
-    for r in sel:
-      if r['method'] in ('DKD', 'DIST'):
-        wins = sum(x['vs_kd'] > 0 for x in records if x['dataset'] == dataset
-                   and x['method'] == r['method'] and x['setting'] == r['setting'])
-        parts.append(f"{r['method']} ({r['setting']}): {100 * r['vs_kd_mean']:+.1f} ± "
-                     f"{100 * r['vs_kd_std']:.1f} pp vs KD ({wins}/{r['seeds']} seeds above), "
-                     f"{100 * r['delta_mean']:+.1f} pp vs scratch")
+    rivals = [r for r in sel if r['method'] in ('DKD', 'DIST')]
+
     def label(r):
       return f"{r['method']} ({r['setting']})"
-    rivals = [r for r in sel if r['method'] in ('DKD', 'DIST')]
-    beats = [label(r) for r in rivals if r['vs_kd_mean'] - r['vs_kd_std'] > 0]
-    below = [label(r) for r in rivals if r['vs_kd_mean'] + r['vs_kd_std'] < 0]
-    summary = (f"beats KD beyond noise (paired mean − std > 0): {', '.join(beats)}"
-               if beats else 'neither DKD nor DIST beats KD beyond noise (paired mean − std > 0)')
+
+    def vs(r, baseline):
+      return cmp[f'{base.label_of(r, KEYS)} vs {baseline}']
+
+    parts = [f"{label(r)}: vs KD {stats.summary(vs(r, 'KD'))} ({vs(r, 'KD').wins}/"
+             f"{vs(r, 'KD').n} seeds above), vs scratch {stats.format_delta(vs(r, 'scratch'))} "
+             f"points ({vs(r, 'scratch').verdict})" for r in rivals]
+    beats = [label(r) for r in rivals if vs(r, 'KD').verdict == stats.BETTER]
+    below = [label(r) for r in rivals if vs(r, 'KD').verdict == stats.WORSE]
+    summary = (f"significantly better than KD: {', '.join(beats)}" if beats
+               else 'neither DKD nor DIST is significantly better than KD')
     if below:
-      summary += f"; clearly below KD (paired mean + std < 0): {', '.join(below)}"
-    verdicts.append(f"**{dataset}**: **{summary}**. KD {kd[base.ACC]}% "
-                    f"({100 * kd['delta_mean']:+.1f} pp vs scratch). {'; '.join(parts)}.")
+      summary += f"; significantly worse than KD: {', '.join(below)}"
+    verdicts.append(f"**{dataset}**: **{summary}**. KD {kd[base.ACC]}% (vs scratch "
+                    f"{stats.summary(vs(kd, 'scratch'))}). {'; '.join(parts)}.")
   common.write_results(
       config.results, rows, COLUMNS,
       title='DKD and DIST vs classic KD',
       finding='No §C finding is about DKD/DIST; their papers report beating KD (DKD: Zhao et al. '
       'CVPR 2022; DIST: Huang et al. NeurIPS 2022). The scratch column tests METHODS.md §C\'s '
       'first finding (KD-style distillation beats the same student from scratch) for them.',
-      verdict=' '.join(verdicts), command=base.command(config),
+      verdict=' '.join(verdicts), command=setup['command'], out_dir=out_dir,
+      dataset=base.dataset_names(config), seeds=common.seeds_of(records),
       notes=('KD: α·CE + (1−α)·τ²·KL. DKD: CE + w·(α·τ²·TCKD + β·τ²·NCKD) with w warmed up '
              f'linearly over the first {config.dkd_warmup_steps} steps (the paper warms up '
              'over 20 epochs). DIST: CE + τ²·(β·inter + γ·intra), batch-level. Settings are '
              'the papers\' CIFAR defaults (DKD α=1, β=8, τ=4; DIST β=γ=1, τ=4) plus one '
              'smaller β / τ each, not tuned here. Teachers, students and the paired-by-seed '
-             'design: experiments/results/temperature. Δ columns are paired differences (mean '
-             f'± std over seeds, percentage points). Training time (sum over student runs): '
-             f'{sum(r["seconds"] for r in records):.0f} s. Raw numbers: records.json; plots: '
-             '<dataset>.png.'))
+             'design: experiments/results/temperature. Δ columns are paired differences '
+             '(percentage points); accuracies are mean ± std over seeds. Training time (sum over '
+             f'student runs): {sum(r["seconds"] for r in records):.0f} s. Raw numbers: '
+             'records.json; plots: <dataset>.png.\n\n'
+             + common.comparison_lines(list(cmp.values()))))
   return rows
 
 

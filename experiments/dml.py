@@ -25,15 +25,14 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
 from experiments import common
+from experiments import stats
 from experiments.takd import load_data
-from experiments.takd import verdict_of
 from kdjax import checkpoint
 from kdjax import cohort as kcohort
 from kdjax import data as kdata
@@ -43,8 +42,10 @@ from kdjax import train
 from kdjax.state import TrainState
 
 
-COLUMNS = ('cohort', 'peer', 'method', 'test accuracy', 'Δ vs independent (paired)', 'verdict',
-           'ensemble accuracy', 'Δ ensemble (paired)', 'test NLL', 'train accuracy', 'seeds')
+DELTA = 'Δ vs independent (paired)'
+COLUMNS = ('cohort', 'peer', 'method', 'test accuracy', DELTA, *stats.COLUMNS,
+           'ensemble accuracy', 'Δ ensemble (paired)', 'ensemble 95% CI', 'ensemble verdict',
+           'test NLL', 'train accuracy', 'seeds')
 FINDING = ('Deep mutual learning (Zhang et al. 2018, seed 003; METHODS.md §B–C): peers trained '
            'together with the mutual KL beat the same peers trained independently.')
 METHODS = (('independent', 0.0), ('DML', 1.0))  # (name, kl_weight)
@@ -147,7 +148,6 @@ def _build_cohort(archs: Sequence[_Arch], keys: jax.Array, unroll: bool):
 
 def run(config) -> list[dict]:
   """Trains every cohort with and without the mutual KL; writes results/<config.results>/."""
-  t0 = time.perf_counter()
   fresh_workdir(config)
   train_src, test_src = load_data(config)
   sample_x = np.asarray(train_src[0]['x'])[None]
@@ -205,45 +205,66 @@ def run(config) -> list[dict]:
 
   # Paired differences DML − independent (same seed, cohort, peer group).
   by_key = {(r['seed'], r['cohort'], r['peer'], r['method']): r for r in records}
-  paired = []
   for r in records:
     if r['method'] == 'DML':
       ind = by_key[(r['seed'], r['cohort'], r['peer'], 'independent')]
       r['delta_accuracy'] = r['accuracy'] - ind['accuracy']
       r['delta_ensemble'] = r['ensemble_accuracy'] - ind['ensemble_accuracy']
-      paired.append(r)
+  out_dir = common.results_dir(config.results)
+  common.save_records(json_records(records), os.path.join(out_dir, 'records.json'))
+  setup = common.save_setup(
+      out_dir, experiment='dml', config=config,
+      command='python -m experiments.run --config experiments/configs/dml.py'
+      + ('' if config.results == 'dml' else ':quick'),
+      facts={'train_size': len(train_src), 'test_size': len(test_src),
+             'train_seconds': float(sum(timings))})
+  return report(common.load_results(out_dir)[0], setup, out_dir)
+
+
+def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the table, plots and verdict from the records alone; returns the table rows."""
+  config, facts = common.config_of(setup), setup['facts']
+  for r in records:
+    for k in ('ensemble_accuracy', 'delta_ensemble'):
+      if k in r and r[k] is None:
+        r[k] = float('nan')
+  groups = list(dict.fromkeys((r['cohort'], r['peer']) for r in records))
+  family = []
+  for cohort_name, peer in groups:
+    sel = {'cohort': cohort_name, 'peer': peer}
+    family.append((f'{cohort_name} ({peer}): DML vs independent, peer accuracy',
+                   common.paired(records, {**sel, 'method': 'DML'},
+                                 {**sel, 'method': 'independent'})))
+    if peer.startswith('mean'):
+      family.append((f'{cohort_name} ({peer}): DML vs independent, ensemble accuracy',
+                     common.paired(records, {**sel, 'method': 'DML'},
+                                   {**sel, 'method': 'independent'}, 'ensemble_accuracy')))
+  cmp = {c.name: c for c in stats.compare(family)}
   keys = ['cohort', 'peer', 'method']
   agg = common.aggregate(records, keys, ['accuracy', 'nll', 'train_accuracy',
                                          'ensemble_accuracy'],
                          percent=['accuracy', 'train_accuracy', 'ensemble_accuracy'])
+  paired_rows = [r for r in records if r['method'] == 'DML']
   deltas = {(r['cohort'], r['peer']): r for r in common.aggregate(
-      paired, ['cohort', 'peer'], ['delta_accuracy', 'delta_ensemble'],
+      paired_rows, ['cohort', 'peer'], ['delta_accuracy', 'delta_ensemble'],
       percent=['delta_accuracy', 'delta_ensemble'])}
-
-  def diffs(cohort_name, peer, field):
-    return np.asarray([r[field] for r in paired if r['cohort'] == cohort_name
-                       and r['peer'] == peer], np.float64)
 
   rows = []
   for r in agg:
     mean_row = r['peer'].startswith('mean')
+    dml = r['method'] == 'DML'
+    peer_c = cmp[f"{r['cohort']} ({r['peer']}): DML vs independent, peer accuracy"] if dml else None
+    ens_c = (cmp[f"{r['cohort']} ({r['peer']}): DML vs independent, ensemble accuracy"]
+             if dml and mean_row else None)
     row = {**r, 'test accuracy': r['accuracy'], 'test NLL': r['nll'],
            'train accuracy': r['train_accuracy'],
            'ensemble accuracy': r['ensemble_accuracy'] if mean_row else '—',
-           'Δ vs independent (paired)': '—', 'Δ ensemble (paired)': '—', 'verdict': '—'}
-    if r['method'] == 'DML':
-      d = deltas[(r['cohort'], r['peer'])]
-      row['Δ vs independent (paired)'] = d['delta_accuracy']
-      row['verdict'] = verdict_of(diffs(r['cohort'], r['peer'], 'delta_accuracy'))
-      row['delta_accuracy_mean'] = d['delta_accuracy_mean']
-      row['delta_accuracy_std'] = d['delta_accuracy_std']
-      if mean_row:
-        row['Δ ensemble (paired)'] = d['delta_ensemble']
-        row['ensemble_verdict'] = verdict_of(diffs(r['cohort'], r['peer'], 'delta_ensemble'))
+           **stats.columns(peer_c, delta=DELTA),
+           'Δ ensemble (paired)': stats.format_delta(ens_c) if ens_c else '—',
+           'ensemble 95% CI': stats.format_ci(ens_c) if ens_c else '—',
+           'ensemble verdict': ens_c.verdict if ens_c else '—'}
     rows.append(row)
 
-  out_dir = common.results_dir(config.results)
-  common.save_records(json_records(records), os.path.join(out_dir, 'records.json'))
   for r in agg:
     r['group'] = f"{r['cohort']}: {r['peer']}" if not r['peer'].startswith('mean') \
         else r['cohort']
@@ -264,40 +285,34 @@ def run(config) -> list[dict]:
                        title='DML vs independent peers: ensemble test accuracy',
                        xlabel='cohort')
 
-  verdict_lines = []
-  for row in rows:
-    if row['method'] != 'DML':
-      continue
-    line = (f"{row['cohort']} ({row['peer']}): DML − independent peer accuracy "
-            f"{row['Δ vs independent (paired)']} points → {row['verdict']}")
-    if 'ensemble_verdict' in row:
-      line += (f"; ensemble {row['Δ ensemble (paired)']} points → "
-               f"{row['ensemble_verdict']}")
-    verdict_lines.append(line)
-  mean_verdicts = {row['cohort']: row['verdict'] for row in rows
-                   if row['method'] == 'DML' and row['peer'].startswith('mean')}
-  holds = [c for c, v in mean_verdicts.items() if v == 'better']
-  fails = [c for c, v in mean_verdicts.items() if v != 'better']
+  mean_verdicts = {c: cmp[f'{c} ({p}): DML vs independent, peer accuracy']
+                   for c, p in groups if p.startswith('mean')}
+  holds = [c for c, v in mean_verdicts.items() if v.verdict == stats.BETTER]
+  fails = [c for c, v in mean_verdicts.items() if v.verdict != stats.BETTER]
   if not fails:
     summary = 'Reproduced: DML peers beat independently trained ones in every cohort tested'
   elif not holds:
-    summary = 'Not reproduced: in no cohort do DML peers beat independent ones beyond noise'
+    summary = ('Not reproduced: in no cohort are DML peers significantly better than '
+               'independent ones')
   else:
-    summary = (f'Partly reproduced: DML peers beat independent ones in {", ".join(holds)}, '
-               f'not in {", ".join(fails)}')
+    summary = (f'Partly reproduced: DML peers are significantly better than independent ones '
+               f'in {", ".join(holds)}, not in {", ".join(fails)}')
+  lines = [f'{c}: {stats.summary(v)}' for c, v in mean_verdicts.items()]
   nll = {(r['cohort'], r['method']): r['nll'] for r in rows if r['peer'].startswith('mean')}
   nll_line = 'Mean peer test NLL, independent → DML: ' + '; '.join(
       f"{c} {nll[(c, 'independent')]} → {nll[(c, 'DML')]}" for c in mean_verdicts) + '.'
-  verdict = (summary + ' (mean peer accuracy; criterion: mean paired difference beyond two '
-             'standard errors over seeds → "better"/"worse", else "within noise"). '
-             + ' '.join(f'{l}.' for l in verdict_lines) + ' ' + nll_line)
+  verdict = (summary + '. Mean peer accuracy, DML − independent: ' + '; '.join(lines) + '. '
+             + nll_line)
 
-  arch_lines = ', '.join(f'{n} = `{a.registry_name}` {a.kwargs} (lr {a.learning_rate:g})'
-                         for n, a in arch_cache.items())
-  resumed = sum(r['resumed'] for r in records if r['mean_row'])
+  arch_lines = ', '.join(f'{n} = `{spec[0]}` {dict(spec[1])} (lr {float(spec[2]):g})'
+                         for n, spec in config.archs.items()
+                         if any(n in peers for _, peers in config.cohorts))
+  mean_records = [r for r in records if r['mean_row']]
+  resumed = sum(r['resumed'] for r in mean_records)
   notes = (
-      f'Setup: MNIST-1D ({len(train_src)} train / {len(test_src)} test). Peers: {arch_lines}; '
-      f'Adam with cosine decay, {config.num_steps} steps, batch {config.batch_size}. Each cohort '
+      f'Setup: MNIST-1D ({facts["train_size"]} train / {facts["test_size"]} test). Peers: '
+      f'{arch_lines}; Adam with cosine decay, {config.num_steps} steps, batch '
+      f'{config.batch_size}. Each cohort '
       f'is trained with `kdjax.cohort.make_cohort_step(temperature={config.temperature:g}, '
       'kl_weight=1)` (DML: peer k minimises CE + 1/(K−1) Σ_l τ²·KL(p_l ‖ p_k), targets held '
       'constant) and with `kl_weight=0` (the same step: K independent peers). Both runs of a '
@@ -308,17 +323,16 @@ def run(config) -> list[dict]:
       '); the mixed cohort is a tuple of states in one jitted step. "peer" rows: the mean over '
       'all peers of a cohort, and for a mixed cohort each architecture separately. Ensemble: '
       'argmax of the mean of the peers\' probabilities. Train accuracy is measured on the full '
-      f'training set after training. Mean ± std over seeds {tuple(config.seeds)}.\n\n'
+      'training set after training. Accuracies: mean ± std over seeds.\n\n'
+      + common.comparison_lines(list(cmp.values())) + '\n\n'
       'Plots: `dml_peers.png` (peer accuracy), `dml_delta.png` (the paired differences), '
       '`dml_ensemble.png` (ensemble accuracy). '
-      f'Total training time of the runs {sum(timings):.0f} s; wall time of the call that '
-      f'wrote this file {time.perf_counter() - t0:.0f} s ({resumed} of {len(timings)} runs '
-      'restored from complete checkpoints in the workdir).')
+      f'Total training time of the runs {facts["train_seconds"]:.0f} s ({resumed} of '
+      f'{len(mean_records)} runs restored from complete checkpoints in the workdir).')
   common.write_results(
       config.results, rows, COLUMNS, title='Deep mutual learning vs independent peers (MNIST-1D)',
-      finding=FINDING, verdict=verdict,
-      command='python -m experiments.run --config experiments/configs/dml.py'
-      + ('' if config.results == 'dml' else ':quick'), notes=notes)
+      finding=FINDING, verdict=verdict, command=setup['command'], notes=notes, out_dir=out_dir,
+      dataset='MNIST-1D', seeds=common.seeds_of(records))
   return rows
 
 

@@ -21,15 +21,14 @@ Usable from a notebook::
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import numpy as np
 
 from experiments import common
+from experiments import stats
 from experiments.takd import DATASETS
 from experiments.takd import load_data
-from experiments.takd import verdict_of
 from kdjax import checkpoint
 from kdjax import models
 from kdjax import runs
@@ -37,8 +36,9 @@ from kdjax import schemes
 from kdjax import steps
 
 
-COLUMNS = ('teacher', 'teacher step', 'KD term', 'teacher test acc', 'student test acc',
-           'gain over scratch (paired)', 'student KD loss (train)', 'agreement (test)', 'seeds')
+DELTA = 'gain over scratch (paired)'
+COLUMNS = ('teacher', 'teacher step', 'KD term', 'teacher test acc', 'student test acc', DELTA,
+           *stats.COLUMNS, 'student KD loss (train)', 'agreement (test)', 'seeds')
 FINDING = ('On the Efficacy of KD (Cho & Hariharan 2019, seed 002; METHODS.md §B–C): bigger '
            'teachers are not always better teachers, because the student cannot mimic them '
            '(its KD loss stays high); an early-stopped teacher beats a fully trained large one; '
@@ -95,9 +95,7 @@ def _plot_kd_curves(curves, path):
 
 def run(config) -> list[dict]:
   """Runs teachers, students and diagnostics for every seed; writes results/<config.results>/."""
-  t0 = time.perf_counter()
   common.enable_compilation_cache(config.get('compilation_cache', ''))
-  dataset = DATASETS[config.get('dataset', 'mnist1d')]
   train_src, test_src = load_data(config)
   teachers = {n: models.create(m, 10, **dict(kw)) for n, m, kw in config.teachers}
   s_name, s_model, s_kw = config.student
@@ -149,24 +147,80 @@ def run(config) -> list[dict]:
           steps_, values = schemes.read_metrics(workdir)['train']['loss/kd']
           curves.setdefault(f'{t_name} (final)', []).append((steps_, values))
 
+  out_dir = common.results_dir(config.results)
+  common.save_records(records, os.path.join(out_dir, 'records.json'))
+  _plot_kd_curves(curves, os.path.join(out_dir, 'kd_loss_curves.png'))  # from the workdir
+  setup = common.save_setup(
+      out_dir, experiment='eskd', config=config,
+      command='python -m experiments.run --config experiments/configs/eskd.py'
+      + ('' if config.mode == 'default' else f':{config.mode}'),
+      facts={'train_size': len(train_src), 'test_size': len(test_src),
+             'teacher_params': {n: models.count_params(_params(m, train_src))
+                                for n, m in teachers.items()},
+             'student_params': models.count_params(_params(student, train_src))})
+  return report(common.load_results(out_dir)[0], setup, out_dir)
+
+
+def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the table, plots (but the KD-term curves) and verdict from the records alone."""
+  config, facts = common.config_of(setup), setup['facts']
+  dataset = DATASETS[config.get('dataset', 'mnist1d')]
+  s_name = config.student[0]
+  alpha, tau = config.kd.alpha, config.kd.temperature
+  ckpt_steps = sorted(set(config.teacher_keep_steps) | {config.teacher_steps})
+  for r in records:
+    for k in ('teacher_accuracy', 'kd_loss_train', 'agreement'):
+      r[k] = np.nan if r.get(k) is None else r[k]
+  final = config.teacher_steps
+  names = [n for n, _, _ in config.teachers]
+  largest = names[-1]
+  stopped = f'stopped at {config.kd_stop_steps}'
+  scratch = {'teacher': '— (scratch)'}
+  family = []
+  for t in names:
+    for s in ckpt_steps:
+      family.append((f'{t}@{s} (full KD) vs scratch', common.paired(
+          records, {'teacher': t, 'teacher_step': s, 'kd_term': 'full'}, scratch)))
+    family.append((f'{t}@{final} (KD {stopped}) vs scratch', common.paired(
+        records, {'teacher': t, 'teacher_step': final, 'kd_term': stopped}, scratch)))
+  lines = []  # (group, comparison name)
+  for t in names:
+    for s in ckpt_steps[:-1]:
+      name = f'{t}: checkpoint {s} vs final ({final})'
+      family.append((name, common.paired(
+          records, {'teacher': t, 'teacher_step': s, 'kd_term': 'full'},
+          {'teacher': t, 'teacher_step': final, 'kd_term': 'full'})))
+      lines.append((f'{t}: checkpoint', name))
+    name = f'{t}: KD term {stopped} vs full KD'
+    family.append((name, common.paired(
+        records, {'teacher': t, 'teacher_step': final, 'kd_term': stopped},
+        {'teacher': t, 'teacher_step': final, 'kd_term': 'full'})))
+    lines.append((f'{t}: KD term', name))
+  for t in names[:-1]:
+    name = f'final {t} vs final {largest} as teacher'
+    family.append((name, common.paired(
+        records, {'teacher': t, 'teacher_step': final, 'kd_term': 'full'},
+        {'teacher': largest, 'teacher_step': final, 'kd_term': 'full'})))
+    lines.append(('final', name))
+  cmp = {c.name: c for c in stats.compare(family)}
+
   agg = common.aggregate(records, ['teacher', 'teacher_step', 'kd_term'],
                          ['teacher_accuracy', 'accuracy', 'gain', 'kd_loss_train', 'agreement'],
                          percent=['teacher_accuracy', 'accuracy', 'gain', 'agreement'])
   rows = []
   for r in agg:
     scratch_row = r['teacher'].startswith('—')
+    label = f'{r["teacher"]}@{r["teacher_step"]} (' + (
+        'full KD' if r['kd_term'] == 'full' else f'KD {r["kd_term"]}') + ') vs scratch'
     rows.append({**r, 'teacher step': '—' if scratch_row else r['teacher_step'],
                  'KD term': r['kd_term'],
                  'teacher test acc': '—' if scratch_row else r['teacher_accuracy'],
                  'student test acc': r['accuracy'],
-                 'gain over scratch (paired)': '—' if scratch_row else r['gain'],
+                 **stats.columns(None if scratch_row else cmp[label], delta=DELTA),
                  'student KD loss (train)': '—' if scratch_row else r['kd_loss_train'],
                  'agreement (test)': '—' if scratch_row else r['agreement']})
 
-  out_dir = common.results_dir(config.results)
-  common.save_records(records, os.path.join(out_dir, 'records.json'))
-  _plot_kd_loss_vs_accuracy(records, list(teachers), os.path.join(out_dir, 'kd_loss_vs_acc.png'))
-  _plot_kd_curves(curves, os.path.join(out_dir, 'kd_loss_curves.png'))
+  _plot_kd_loss_vs_accuracy(records, names, os.path.join(out_dir, 'kd_loss_vs_acc.png'))
   common.errorbar_plot(
       [r for r in agg if r['kd_term'] == 'full'], x='teacher_step', metric='accuracy',
       series='teacher', path=os.path.join(out_dir, 'student_acc_vs_teacher_step.png'),
@@ -174,27 +228,10 @@ def run(config) -> list[dict]:
       baselines={'student scratch': np.mean([r['accuracy'] for r in records
                                              if r['teacher'].startswith('—')])})
 
-  # Verdict from per-seed paired differences.
   def acc(t, s, kd='full'):
     return np.asarray([r['accuracy'] for r in records
                        if r['teacher'] == t and r['teacher_step'] == s and r['kd_term'] == kd])
 
-  final = config.teacher_steps
-  names = list(teachers)
-  largest = names[-1]
-  lines = []
-  for t in names:
-    for s in ckpt_steps[:-1]:
-      d = acc(t, s) - acc(t, final)
-      lines.append(f'{t}: checkpoint {s} vs final ({final}): {common.mean_std(d)} points → '
-                   f'{verdict_of(d)}')
-    d = acc(t, final, f'stopped at {config.kd_stop_steps}') - acc(t, final)
-    lines.append(f'{t}: KD term stopped at {config.kd_stop_steps} vs full KD: '
-                 f'{common.mean_std(d)} points → {verdict_of(d)}')
-  for t in names[:-1]:
-    d = acc(t, final) - acc(largest, final)
-    lines.append(f'final {t} vs final {largest} as teacher: {common.mean_std(d)} points → '
-                 f'{verdict_of(d)}')
   kd_by_teacher = {t: np.mean([r['kd_loss_train'] for r in records
                                if r['teacher'] == t and r['teacher_step'] == final
                                and r['kd_term'] == 'full']) for t in names}
@@ -204,16 +241,16 @@ def run(config) -> list[dict]:
   corr = float(np.corrcoef(pts.T)[0, 1]) if len(pts) > 2 else float('nan')
 
   def outcome(prefix):
-    found = [l for l in lines if l.startswith(prefix)]
-    if found and all(l.endswith('one seed only') for l in found):
+    found = [cmp[name].verdict for group, name in lines if group.startswith(prefix)]
+    if found and all(v == stats.TOO_FEW for v in found):
       return 'undetermined (one seed)'
-    better = [l for l in found if l.endswith('better')]
-    worse = [l for l in found if l.endswith('worse')]
+    better = stats.BETTER in found
+    worse = stats.WORSE in found
     if better and worse:
       return 'mixed'
     if better:
       return 'reproduced'
-    return 'contradicted' if worse else 'not reproduced (within noise)'
+    return 'contradicted' if worse else 'not reproduced (no significant difference)'
 
   verdict = ' '.join([
       f'(1) Bigger teachers are not always better: {outcome("final")}; student accuracy with '
@@ -226,39 +263,33 @@ def run(config) -> list[dict]:
       f'(3) Early-stopped {largest} teacher beats the fully trained one: '
       f'{outcome(f"{largest}: checkpoint")}.',
       f'(4) Stopping the KD term after {config.kd_stop_steps} updates helps: '
-      + ', '.join(f'{t} teacher {outcome(f"{t}: KD term")}' for t in names) + '.',
-      'Criterion: mean paired difference beyond two standard errors (details below).'])
+      + ', '.join(f'{t} teacher {outcome(f"{t}: KD term")}' for t in names) + '.'])
   notes = (
-      f'Setup: {dataset} ({len(train_src)} train / {len(test_src)} test); teachers '
-      + ', '.join(f'{n} ({models.count_params(_params(m, train_src)):,} params)'
-                  for n, m in teachers.items()) +
+      f'Setup: {dataset} ({facts["train_size"]} train / {facts["test_size"]} test); teachers '
+      + ', '.join(f'{n} ({facts["teacher_params"][n]:,} params)' for n in names) +
       f' trained {config.teacher_steps} steps (lr {config.teacher_lr:g}) keeping checkpoints '
-      f'at {tuple(ckpt_steps)}; student {s_name} '
-      f'({models.count_params(_params(student, train_src)):,} params) '
+      f'at {tuple(ckpt_steps)}; student {s_name} ({facts["student_params"]:,} params) '
       f'{config.student_steps} steps (lr {config.student_lr:g}), Adam + cosine decay, batch '
       f'{config.batch_size}; KD α={alpha:g}, τ={tau:g} on the labeled training set; "stopped '
       f'at N": KD weight (1−α) for the first N updates, then CE alone (kd_until + complement). '
-      f'Mean ± std over seeds {tuple(config.seeds)}; paired differences share the student '
+      'Accuracies: mean ± std over seeds; paired differences share the student '
       'initialisation and data order. Early checkpoints come from the same cosine-decayed '
       'teacher run (not a shorter schedule).'
       + ('' if config.mode != 'default' else
-         ' A first design distilled the TAKD ladder\'s cnn4 (338 params) instead; its students '
-         'varied by about ±10 points across seeds, too much for paired comparisons, so the '
-         'student became the demo\'s reference MLP, whose spread was about ±1 point in a '
-         '3-seed probe (scratch, and KD from cnn64 at steps 300 and 3000, which this table '
-         'repeats). That run is in `cnn4_student/` (mode `cnn4`).')
-      + '\n\n'
-      'Paired differences:\n\n' + '\n'.join(f'- {l}' for l in lines) +
+         ' A first design distilled the TAKD ladder\'s cnn4 instead; its students varied too '
+         'much across seeds for paired comparisons, so the student became the demo\'s '
+         'reference MLP. That run is in `cnn4_student/` (mode `cnn4`; its table gives the '
+         'spread).')
+      + '\n\n' + common.comparison_lines(list(cmp.values())) +
       '\n\nPlots: `kd_loss_vs_acc.png` (the paper\'s diagnostic: KD loss vs student accuracy, '
       'teachers of different sizes and checkpoints), `kd_loss_curves.png` (training KD term by '
-      'teacher), `student_acc_vs_teacher_step.png`. Wall time of the call that wrote this file: '
-      f'{time.perf_counter() - t0:.0f} s (runs found complete in the workdir are restored, not '
-      'retrained).' + (f'\n\n{config.notes}' if config.get('notes') else ''))
+      'teacher, from the run\'s metrics, not regenerated from the records), '
+      '`student_acc_vs_teacher_step.png`.' + (f'\n\n{config.notes}' if config.get('notes') else ''))
   common.write_results(
       config.results, rows, COLUMNS,
       title=f'Efficacy of KD: early-stopped teachers and KD terms ({dataset})', finding=FINDING,
-      verdict=verdict, command='python -m experiments.run --config experiments/configs/eskd.py'
-      + ('' if config.mode == 'default' else f':{config.mode}'), notes=notes)
+      verdict=verdict, command=setup['command'], notes=notes, out_dir=out_dir, dataset=dataset,
+      seeds=common.seeds_of(records))
   return rows
 
 

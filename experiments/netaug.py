@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from experiments import common
+from experiments import stats
 from experiments.takd import DATASETS
 from kdjax import checkpoint
 from kdjax import data as kdata
@@ -42,8 +43,9 @@ from kdjax import train
 from kdjax.state import TrainState
 
 
-COLUMNS = ('model', 'size', 'params', 'training', 'test accuracy', 'train accuracy',
-           'Δ test vs plain (paired)', 'seeds', 'wall time / run (s)')
+DELTA = 'Δ test vs plain (paired)'
+COLUMNS = ('model', 'size', 'params', 'training', 'test accuracy', 'train accuracy', DELTA,
+           *stats.COLUMNS, 'seeds', 'wall time / run (s)')
 _KINDS = {'mlp': 'MLP', 'cnn1d': 'CNN'}
 
 
@@ -118,16 +120,6 @@ def state_fn(model, sample, tx) -> Callable[[jax.Array], TrainState]:
 _state_fn = state_fn
 
 
-def _significance(deltas) -> str:
-  """'helps' / 'hurts' / 'no clear effect' from paired differences (|t| > 2 over seeds)."""
-  d = np.asarray(deltas, np.float64)
-  if d.size < 2:
-    return 'helps' if d.mean() > 0 else 'hurts'
-  sem = d.std(ddof=1) / np.sqrt(d.size)
-  t = d.mean() / max(sem, 1e-12)
-  return 'helps' if t > 2 else 'hurts' if t < -2 else 'no clear effect'
-
-
 def _variants(config, spec) -> list[tuple[str, dict]]:
   """``[(training label, NetAug settings)]``: the main setting, plus ablations for tiny models."""
   main = dict(alpha=config.alpha, augment_factor=config.augment_factor,
@@ -199,28 +191,42 @@ def run(config) -> list[dict]:
     other = by_key[(r['model'], 'plain', r['seed'])]
     r['delta_test'] = r['test_accuracy'] - other['test_accuracy']
     r['delta_train'] = r['train_accuracy'] - other['train_accuracy']
+  out = common.results_dir(config.results)
+  common.save_records(records, os.path.join(out, 'records.json'))
+  mode = config.get('mode', 'default')
+  setup = common.save_setup(
+      out, experiment='netaug', config=config,
+      command='python -m experiments.run --config experiments/configs/netaug.py'
+      + ('' if mode == 'default' else f':{mode}'),
+      facts={'train_size': len(train_src), 'test_size': len(test_src)})
+  return report(common.load_results(out)[0], setup, out)
+
+
+def report(records: list[dict], setup: dict, out: str) -> list[dict]:
+  """Writes the table, plots and verdict from the records alone; returns the table rows."""
+  config, facts = common.config_of(setup), setup['facts']
+  dataset = DATASETS[config.dataset]
+  seeds = common.seeds_of(records)
   rows = common.aggregate(
       records, ['model', 'size', 'training'],
       ['test_accuracy', 'train_accuracy', 'delta_test', 'delta_train', 'seconds'],
       percent=['test_accuracy', 'train_accuracy', 'delta_test', 'delta_train'])
+  family = [(f'{row["model"]}: {row["training"]} vs plain',
+             common.paired(records, {'model': row['model'], 'training': row['training']},
+                           {'model': row['model'], 'training': 'plain'}, 'test_accuracy'))
+            for row in rows if row['training'] != 'plain']
+  cmp = {c.name: c for c in stats.compare(family)}
   verdicts = {}
   for row in rows:
-    deltas = [r['delta_test'] for r in records
-              if r['model'] == row['model'] and r['training'] == row['training']]
+    c = cmp.get(f'{row["model"]}: {row["training"]} vs plain')
     row['params'] = f'{_params(records, row["model"]):,}'
     row['test accuracy'] = row['test_accuracy']
     row['train accuracy'] = row['train_accuracy']
     row['wall time / run (s)'] = f'{row["seconds_mean"]:.1f}'
-    if row['training'] == 'plain':
-      row['Δ test vs plain (paired)'] = '-'
-    else:
-      row['Δ test vs plain (paired)'] = f'{row["delta_test"]} pp ({_significance(deltas)})'
+    row.update(stats.columns(c, delta=DELTA))
     if row['training'] == 'NetAug':
-      verdicts[row['model']] = (row['size'], row['delta_test_mean'], row['delta_train_mean'],
-                                _significance(deltas))
+      verdicts[row['model']] = (row['size'], row['delta_test_mean'], row['delta_train_mean'], c)
 
-  out = common.results_dir(config.results)
-  common.save_records(records, os.path.join(out, 'records.json'))
   main_rows = [r for r in rows if r['training'] in ('plain', 'NetAug')]
   common.errorbar_plot(main_rows, x='model', series='training', metric='test_accuracy',
                        path=os.path.join(out, 'netaug.png'),
@@ -234,22 +240,20 @@ def run(config) -> list[dict]:
                          series='training', metric='test_accuracy',
                          path=os.path.join(out, 'netaug_ablations.png'),
                          title='NetAug settings on the tiny models')
-  tiny = [v for v in verdicts.values() if v[0] == 'tiny']
-  large = [v for v in verdicts.values() if v[0] == 'large']
-  no_large_help = all(v[3] != 'helps' for v in large)
-  if tiny and large and no_large_help and all(v[3] == 'helps' for v in tiny):
+  tiny = [v[3].verdict for v in verdicts.values() if v[0] == 'tiny']
+  large = [v[3].verdict for v in verdicts.values() if v[0] == 'large']
+  no_large_help = all(v != stats.BETTER for v in large)
+  if tiny and large and no_large_help and all(v == stats.BETTER for v in tiny):
     status = 'Reproduced'
-  elif tiny and large and no_large_help and any(v[3] == 'helps' for v in tiny):
+  elif tiny and large and no_large_help and any(v == stats.BETTER for v in tiny):
     status = 'Partly reproduced'
   else:
     status = 'Not reproduced'
-  summary = '; '.join(
-      f'{model} ({size}): test {100 * dt:+.1f} pp ({sig}), train {100 * dtr:+.1f} pp'
-      for model, (size, dt, dtr, sig) in verdicts.items())
-  verdict = (f'{status} on our data (main setting). Paired NetAug − plain differences: '
-             f'{summary}. ("helps"/"hurts": the mean paired test difference is more than two '
-             f'standard errors from 0 over {len(config.seeds)} seeds; otherwise "no clear '
-             'effect".)' + _mechanism(verdicts))
+  summary = '; '.join(f'{model} ({size}): {stats.summary(c)}'
+                      for model, (size, _, _, c) in verdicts.items())
+  verdict = (f'{status} on our data (main setting; NetAug helps a model when its paired test '
+             f'difference to plain training is "better"). NetAug − plain test accuracy: '
+             f'{summary}.' + _mechanism(verdicts))
   multipliers = schemes.augment_multipliers(config.augment_factor, config.diversity)
   ablation_text = ''
   if ablated:
@@ -259,8 +263,8 @@ def run(config) -> list[dict]:
             for label, o in config.ablations.items()) + ' (other settings as the main one).')
   lr_text = _learning_rates([config.models[key] for key in config.run_models])
   notes = (
-      f'Setup: {dataset} ({len(train_src)} train / {len(test_src)} test), {config.num_steps} '
-      f'Adam steps (cosine decay; lr per model'
+      f'Setup: {dataset} ({facts["train_size"]} train / {facts["test_size"]} test), '
+      f'{config.num_steps} Adam steps (cosine decay; lr per model'
       f'{" as in the demo" if config.dataset == "mnist1d" else ""}: {lr_text}), batch '
       f'{config.batch_size}. '
       f'Main NetAug setting: α = {config.alpha:g}, augmented widths '
@@ -270,18 +274,17 @@ def run(config) -> list[dict]:
       'with the base (the base is the leading slice).' + ablation_text + ' The NetAug rows '
       'evaluate the exported base alone (a plain model of the baseline\'s architecture); '
       '"params" counts the deployed base model. Train accuracy is measured on the full '
-      'training set after training. Wall time is per run, including the one-off compilation '
-      'in the first seed, on a shared 2-core CPU.\n\n'
+      'training set after training. Accuracies: mean ± std over seeds. Wall time is per run, '
+      'including the one-off compilation in the first seed, on a shared 2-core CPU.\n\n'
+      + common.comparison_lines(list(cmp.values())) + '\n\n'
       'Plots: `netaug.png` (test accuracy), `netaug_train.png` (train accuracy), '
       '`netaug_ablations.png` (tiny models, all settings). Raw per-seed numbers: '
       '`records.json`.' + (f'\n\n{config.notes}' if config.get('notes') else ''))
-  mode = config.get('mode', 'default')
   common.write_results(
       config.results, rows, COLUMNS, title=f'NetAug: tiny vs large models on {dataset}',
       finding='NetAug helps tiny models but not large ones (Cai et al. 2022; METHODS.md §C).',
-      verdict=verdict,
-      command='python -m experiments.run --config experiments/configs/netaug.py'
-      + ('' if mode == 'default' else f':{mode}'), notes=notes)
+      verdict=verdict, command=setup['command'], notes=notes, out_dir=out, dataset=dataset,
+      seeds=seeds)
   return rows
 
 

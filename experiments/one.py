@@ -19,12 +19,12 @@ Usable from a notebook::
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import numpy as np
 
 from experiments import common
+from experiments import stats
 from experiments.dml import eval_batches
 from experiments.dml import fresh_workdir
 from experiments.dml import init_key
@@ -33,7 +33,6 @@ from experiments.dml import json_records
 from experiments.dml import run_dir
 from experiments.dml import train_loop
 from experiments.takd import load_data
-from experiments.takd import verdict_of
 from kdjax import models
 from kdjax import online
 from kdjax import runs
@@ -43,8 +42,9 @@ from kdjax import train
 from kdjax.state import TrainState
 
 
-COLUMNS = ('model', 'evaluated', 'params', 'test accuracy', 'Δ vs baseline (paired)', 'verdict',
-           'test NLL', 'disagreement', 'seeds')
+DELTA = 'Δ vs baseline (paired)'
+COLUMNS = ('model', 'evaluated', 'params', 'test accuracy', DELTA, *stats.COLUMNS, 'test NLL',
+           'disagreement', 'seeds')
 FINDING = ('ONE (Lan et al. 2018; METHODS.md §B–C): the branches of an on-the-fly native '
            'ensemble, each deployed alone, beat the same single-branch network trained alone.')
 BASELINE = 'CNN1D alone (baseline)'
@@ -52,7 +52,6 @@ BASELINE = 'CNN1D alone (baseline)'
 
 def run(config) -> list[dict]:
   """Trains ONE and the single-branch baselines for every seed; writes results/<config.results>/."""
-  t0 = time.perf_counter()
   fresh_workdir(config)
   train_src, test_src = load_data(config)
   sample_x = np.asarray(train_src[0]['x'])[None]
@@ -136,13 +135,37 @@ def run(config) -> list[dict]:
   base = {r['seed']: r['accuracy'] for r in records if r['kind'] == 'single'}
   for r in records:
     r['delta'] = r['accuracy'] - base[r['seed']]
+  out_dir = common.results_dir(config.results)
+  common.save_records(json_records(records), os.path.join(out_dir, 'records.json'))
+  setup = common.save_setup(
+      out_dir, experiment='one', config=config,
+      command='python -m experiments.run --config experiments/configs/one.py'
+      + ('' if config.results == 'one' else ':quick'),
+      facts={'train_size': len(train_src), 'test_size': len(test_src), 'params': params,
+             'export_gap_points': 100 * float(max(export_gaps)),
+             'train_seconds': float(sum(timings))})
+  return report(common.load_results(out_dir)[0], setup, out_dir)
+
+
+def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the table, plot and verdict from the records alone; returns the table rows."""
+  config, facts = common.config_of(setup), setup['facts']
+  params = facts['params']
+  m = config.num_branches
+  for r in records:
+    if r.get('disagreement') is None:
+      r['disagreement'] = float('nan')
   agg = common.aggregate(records, ['model', 'evaluated', 'kind'],
                          ['accuracy', 'delta', 'nll', 'disagreement'],
                          percent=['accuracy', 'delta', 'disagreement'])
-
-  def diffs(kind, evaluated=None):
-    return np.asarray([r['delta'] for r in records if r['kind'] == kind
-                       and (evaluated is None or r['evaluated'] == evaluated)], np.float64)
+  single = {'kind': 'single'}
+  family = [(f'{r["model"]}: {r["evaluated"]} vs baseline',
+             common.paired(records, {'kind': r['kind'], 'evaluated': r['evaluated']}, single))
+            for r in agg if r['kind'] not in ('single', 'member')]
+  if any(r['kind'] == 'ensemble' for r in records):
+    family.append((f'gated ensemble vs the ensemble of {config.baseline_members} independent '
+                   'CNN1Ds', common.paired(records, {'kind': 'gated'}, {'kind': 'ensemble'})))
+  cmp = {c.name: c for c in stats.compare(family)}
 
   def params_of(r):
     if r['model'] == BASELINE:
@@ -155,60 +178,51 @@ def run(config) -> list[dict]:
 
   rows = []
   for r in agg:
-    compared = r['kind'] not in ('single', 'member')
-    verdict = verdict_of(diffs(r['kind'], r['evaluated'])) if compared else '—'
+    c = cmp.get(f'{r["model"]}: {r["evaluated"]} vs baseline')
     rows.append({**r, 'params': params_of(r), 'test accuracy': r['accuracy'],
-                 'Δ vs baseline (paired)': r['delta'] if compared else '—', 'verdict': verdict,
-                 'test NLL': r['nll'],
+                 **stats.columns(c, delta=DELTA), 'test NLL': r['nll'],
                  'disagreement': r['disagreement'] if not np.isnan(r['disagreement_mean'])
                  else '—'})
 
-  out_dir = common.results_dir(config.results)
-  common.save_records(json_records(records), os.path.join(out_dir, 'records.json'))
   short = {'single': 'CNN1D alone', 'ensemble': f'CNN1D ×{config.baseline_members} ens.',
            'branch_mean': 'ONE branch mean', 'branch_ensemble': 'ONE branches, mean p',
            'gated': 'ONE gated ens.'}
   plot_rows = [{**r, 'label': short.get(r['kind']) or r['evaluated'].replace(' alone', '')
                 .replace('branch', 'ONE branch')}
                for r in agg if r['kind'] != 'member']
-  single = next(r for r in agg if r['kind'] == 'single')
+  single_row = next(r for r in agg if r['kind'] == 'single')
   common.errorbar_plot(plot_rows, x='label', metric='accuracy',
                        path=os.path.join(out_dir, 'one_branches.png'),
                        title='ONE vs the single-branch CNN1D (MNIST-1D)', xlabel=' ',
-                       baselines={'CNN1D alone (mean)': single['accuracy_mean']})
+                       baselines={'CNN1D alone (mean)': single_row['accuracy_mean']})
 
-  by = {(r['kind'], r['evaluated']): r for r in rows}
-  branch_rows = [r for r in rows if r['kind'] == 'branch']
-  mean_row = by[('branch_mean', 'branch mean')]
-  gated = by[('gated', 'gated ensemble (model output)')]
-  lines = [f"{r['evaluated']}: {r['Δ vs baseline (paired)']} points → {r['verdict']}"
-           for r in branch_rows]
-  lines.append(f"mean over branches: {mean_row['Δ vs baseline (paired)']} points → "
-               f"{mean_row['verdict']}")
-  lines.append(f"gated ensemble: {gated['Δ vs baseline (paired)']} points → {gated['verdict']}")
-  ens_rows = [r for r in rows if r['kind'] == 'ensemble']
-  if ens_rows:
-    ind = {r['seed']: r['accuracy'] for r in records if r['kind'] == 'ensemble'}
-    d = np.asarray([r['accuracy'] - ind[r['seed']] for r in records if r['kind'] == 'gated'])
-    lines.append(f'gated ensemble vs the ensemble of {config.baseline_members} independent '
-                 f'CNN1Ds: {common.mean_std(d)} points → {verdict_of(d)} (the independent '
-                 f'ensemble has {config.baseline_members}× the baseline\'s parameters and '
-                 'inference cost)')
-  branch_verdicts = [r['verdict'] for r in branch_rows] + [mean_row['verdict']]
-  if all(v == 'better' for v in branch_verdicts):
-    summary = 'Reproduced: every ONE branch, deployed alone, beats the single-branch baseline'
-  elif mean_row['verdict'] == 'better':
-    summary = ('Mostly reproduced: the branches beat the baseline on average, though not every '
-               'branch beyond noise')
-  elif mean_row['verdict'] == 'worse':
-    summary = 'Refuted on our data: ONE\'s branches are worse than the baseline'
+  name = f'ONE ({m} branches)'
+  branch = [cmp[f'{name}: branch {i} alone vs baseline'] for i in range(m)]
+  mean_c = cmp[f'{name}: branch mean vs baseline']
+  gated = cmp[f'{name}: gated ensemble (model output) vs baseline']
+  lines = [f'branch {i} alone: {stats.summary(c)}' for i, c in enumerate(branch)]
+  lines.append(f'mean over branches: {stats.summary(mean_c)}')
+  lines.append(f'gated ensemble: {stats.summary(gated)}')
+  ens_name = (f'gated ensemble vs the ensemble of {config.baseline_members} independent '
+              'CNN1Ds')
+  if ens_name in cmp:
+    lines.append(f'{ens_name}: {stats.summary(cmp[ens_name])} (the independent ensemble has '
+                 f'{config.baseline_members}× the baseline\'s parameters and inference cost)')
+  branch_verdicts = [c.verdict for c in branch] + [mean_c.verdict]
+  if all(v == stats.BETTER for v in branch_verdicts):
+    summary = ('Reproduced: every ONE branch, deployed alone, is significantly better than the '
+               'single-branch baseline')
+  elif mean_c.verdict == stats.BETTER:
+    summary = ('Mostly reproduced: the branches are significantly better than the baseline on '
+               'average, though not every branch')
+  elif mean_c.verdict == stats.WORSE:
+    summary = 'Refuted on our data: ONE\'s branches are significantly worse than the baseline'
   else:
-    summary = ('Not reproduced: ONE\'s branches do not beat the single-branch baseline beyond '
-               'noise')
-  verdict = (summary + ' (criterion: mean paired difference beyond two standard errors over '
-             'seeds → "better"/"worse", else "within noise"). ' + '; '.join(lines) + '.')
+    summary = ('Not reproduced: ONE\'s branches are not significantly better than the '
+               'single-branch baseline')
+  verdict = summary + '. ' + '; '.join(lines) + '.'
   notes = (
-      f'Setup: MNIST-1D ({len(train_src)} train / {len(test_src)} test). ONE = '
+      f'Setup: MNIST-1D ({facts["train_size"]} train / {facts["test_size"]} test). ONE = '
       f'`kdjax.models.one_cnn1d(num_branches={m}, shared_layers={config.shared_layers}, '
       f'gate_norm={config.gate_norm}, channels={config.channels})`: the first '
       f'{config.shared_layers} conv layers shared, each branch the remaining conv layer(s) and '
@@ -220,18 +234,17 @@ def run(config) -> list[dict]:
       'averaged as "single model (mean over runs)"; run #0 shares the ONE model\'s data order. '
       f'All: Adam with cosine decay, lr {config.learning_rate:g}, {config.num_steps} steps, batch '
       f'{config.batch_size}. "Δ" is the per-seed difference to the baseline\'s mean over runs; '
-      f'mean ± std over seeds {tuple(config.seeds)}. A branch "alone" is the model\'s branch '
+      'accuracies are mean ± std over seeds. A branch "alone" is the model\'s branch '
       'logits; the standalone networks cut out by `ONE.export_branch` (used for the "mean '
       'probability" ensemble of the branches) give the same accuracies up to '
-      f'{100 * max(export_gaps):.1f} points (float rounding of the grouped convolutions). '
+      f'{facts["export_gap_points"]:.1f} points (float rounding of the grouped convolutions). '
       'Disagreement: mean over member pairs of the fraction of test examples whose top-1 '
       'predictions differ (the diversity an ensemble gains from).\n\n'
-      f'Plot: `one_branches.png`. Total training time of the runs {sum(timings):.0f} s; wall '
-      f'time of the call that wrote this file {time.perf_counter() - t0:.0f} s (runs found '
-      'complete in the workdir are restored, not retrained).')
+      + common.comparison_lines(list(cmp.values())) + '\n\n'
+      f'Plot: `one_branches.png`. Total training time of the runs {facts["train_seconds"]:.0f} s '
+      '(runs found complete in the workdir are restored, not retrained).')
   common.write_results(
       config.results, rows, COLUMNS, title='ONE: on-the-fly native ensemble vs single branch '
-      '(MNIST-1D)', finding=FINDING, verdict=verdict,
-      command='python -m experiments.run --config experiments/configs/one.py'
-      + ('' if config.results == 'one' else ':quick'), notes=notes)
+      '(MNIST-1D)', finding=FINDING, verdict=verdict, command=setup['command'], notes=notes,
+      out_dir=out_dir, dataset='MNIST-1D', seeds=common.seeds_of(records))
   return rows

@@ -39,7 +39,8 @@ from scipy import stats as sstats
 ALPHA = 0.05
 BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = ('better', 'worse', 'no significant difference',
                                          'n < 2: no interval')
-CRITERION = ('paired by seed; 95% CI of the mean difference from the paired t distribution; '
+CRITERION = ('paired by seed; 95% CI of the mean difference from the paired t distribution '
+             '(not adjusted for multiplicity); '
              'p-values Holm-corrected across the experiment\'s comparisons; "better"/"worse" '
              'when the Holm-adjusted p < 0.05, else "no significant difference"')
 

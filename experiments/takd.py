@@ -16,24 +16,24 @@ Usable from a notebook::
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import numpy as np
-from scipy import stats
 
 from experiments import common
-from experiments import report
+from experiments import stats
+from experiments.report import markdown_table
 from kdjax import data as kdata
 from kdjax import models
 from kdjax import runs
 from kdjax import schemes
 
 
-COLUMNS = ('student', 'path', 'assistants', 'test accuracy', 'gain over scratch',
-           'vs direct KD (paired)', 'agreement w/ own teacher', 'seeds')
+DELTA = 'vs direct KD (paired)'
+COLUMNS = ('student', 'path', 'assistants', 'test accuracy', 'gain over scratch', 'gain 95% CI',
+           'gain verdict', DELTA, *stats.COLUMNS, 'agreement w/ own teacher', 'seeds')
 GAP_COLUMNS = ('model', 'params', 'scratch', 'direct KD from teacher', 'KD gain (paired)',
-               'seeds')
+               *stats.COLUMNS, 'seeds')
 FINDING = ('TAKD (Mirzadeh et al. 2020, seed 000; METHODS.md §B–C): when the teacher/student '
            'gap is large, distilling through a mid-sized teacher assistant beats direct KD, '
            'and the full chain of assistants is best.')
@@ -60,24 +60,6 @@ def load_data(config):
     return (kdata.load('digits', train, data_dir=data_dir),
             kdata.load('digits', test, data_dir=data_dir))
   raise ValueError(f'Unknown takd dataset {dataset!r}; use one of {sorted(DATASETS)}.')
-
-
-def paired(values: np.ndarray) -> str:
-  """``mean ± std`` in percentage points of per-seed differences."""
-  return common.mean_std(values)
-
-
-def verdict_of(diffs: np.ndarray) -> str:
-  """'better' / 'worse' / 'within noise': mean paired difference against 2 standard errors."""
-  if diffs.size < 2:
-    return 'one seed only'
-  se = diffs.std(ddof=1) / np.sqrt(diffs.size)
-  mean = diffs.mean()
-  if mean > 2 * se and mean > 0:
-    return 'better'
-  if mean < -2 * se and mean < 0:
-    return 'worse'
-  return 'within noise'
 
 
 def _plot_paths(rows, students, path, dataset='MNIST-1D'):
@@ -114,9 +96,7 @@ def _plot_paths(rows, students, path, dataset='MNIST-1D'):
 
 def run(config) -> list[dict]:
   """Runs the sweep for every seed and student; writes results/<config.results>/."""
-  t0 = time.perf_counter()
   common.enable_compilation_cache(config.get('compilation_cache', ''))
-  dataset = DATASETS[config.get('dataset', 'mnist1d')]
   train_src, test_src = load_data(config)
   names = [n for n, _, _ in config.ladder]
   ladder = {n: models.create(m, 10, **dict(kw)) for n, m, kw in config.ladder}
@@ -174,6 +154,49 @@ def run(config) -> list[dict]:
     if (r['seed'], r['model']) not in seen:
       seen.add((r['seed'], r['model']))
       links.append({**r, 'gain': r['kd'] - r['scratch']})
+  out_dir = common.results_dir(config.results)
+  common.save_records(records + [{'kind': 'direct_link', **r} for r in links],
+                      os.path.join(out_dir, 'records.json'))
+  setup = common.save_setup(
+      out_dir, experiment='takd', config=config,
+      command='python -m experiments.run --config experiments/configs/takd.py'
+      + ('' if config.mode == 'default' else f':{config.mode}'),
+      facts={'train_size': len(train_src), 'test_size': len(test_src), 'params': num_params})
+  return report(common.load_results(out_dir)[0], setup, out_dir)
+
+
+def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the tables, plots and verdict from the records alone; returns the table rows."""
+  config, facts = common.config_of(setup), setup['facts']
+  dataset = DATASETS[config.get('dataset', 'mnist1d')]
+  names = [n for n, _, _ in config.ladder]
+  teacher = names[0]
+  num_params = facts['params']
+  records = [r for r in all_records if r.get('kind') != 'direct_link']
+  links = [r for r in all_records if r.get('kind') == 'direct_link']
+  for r in records:
+    for k in ('vs_direct', 'agreement'):
+      r[k] = np.nan if r.get(k) is None else r[k]
+  seeds = common.seeds_of(records)
+
+  # The family: every assistant path vs direct KD, every KD path vs the student from scratch,
+  # and direct KD vs scratch for every model distilled from the teacher.
+  family = []
+  for student in config.students:
+    paths = list(dict.fromkeys(r['path'] for r in records
+                               if r['student'] == student and r['num_links'] >= 1))
+    direct = f'{teacher} → {student}'
+    for path in paths:
+      if path != direct:
+        family.append((f'{path} vs direct KD', common.paired(
+            records, {'path': path}, {'path': direct})))
+      family.append((f'{path} vs {student} from scratch', common.paired(
+          records, {'path': path}, {'path': f'{student} (scratch)'})))
+  for model in dict.fromkeys(r['model'] for r in links):
+    family.append((f'{teacher} → {model} (direct KD) vs {model} from scratch',
+                   stats.paired_differences(common.by_seed(links, 'kd', model=model),
+                                            common.by_seed(links, 'scratch', model=model))))
+  cmp = {c.name: c for c in stats.compare(family)}
 
   agg = common.aggregate(records, ['student', 'path', 'assistants'],
                          ['accuracy', 'gain', 'vs_direct', 'agreement'],
@@ -181,11 +204,15 @@ def run(config) -> list[dict]:
   rows = []
   for r in agg:
     is_chain = '(' not in r['path']
+    vs_direct = is_chain and '(direct' not in r['assistants']
+    c = cmp.get(f'{r["path"]} vs direct KD') if vs_direct else None
+    g = cmp.get(f'{r["path"]} vs {r["student"]} from scratch') if is_chain else None
     rows.append({
         **r, 'test accuracy': r['accuracy'],
-        'gain over scratch': r['gain'] if is_chain else '—',
-        'vs direct KD (paired)': (r['vs_direct'] if is_chain and '(direct' not in r['assistants']
-                                  else '—'),
+        'gain over scratch': stats.format_delta(g) if g else '—',
+        'gain 95% CI': stats.format_ci(g) if g else '—',
+        'gain verdict': g.verdict if g else '—',
+        **stats.columns(c, delta=DELTA),
         'agreement w/ own teacher': r['agreement'] if is_chain else '—'})
   order = {n: i for i, n in enumerate(names)}
   rows.sort(key=lambda r: (-order[r['student']] if r['student'] != teacher else -99,
@@ -195,12 +222,10 @@ def run(config) -> list[dict]:
                          percent=['scratch', 'kd', 'gain'])
   gap.sort(key=lambda r: order[r['model']])
   for r in gap:
+    c = cmp[f'{teacher} → {r["model"]} (direct KD) vs {r["model"]} from scratch']
     r.update({'params': f'{num_params[r["model"]]:,}', 'direct KD from teacher': r['kd'],
-              'KD gain (paired)': r['gain']})
+              **stats.columns(c, delta='KD gain (paired)')})
 
-  out_dir = common.results_dir(config.results)
-  common.save_records(records + [{'kind': 'direct_link', **r} for r in links],
-                      os.path.join(out_dir, 'records.json'))
   _plot_paths([r for r in rows if '(' not in r['path'] or r['path'].endswith('(scratch)')],
               config.students, os.path.join(out_dir, 'takd_paths.png'), dataset)
   common.errorbar_plot(
@@ -209,88 +234,72 @@ def run(config) -> list[dict]:
       title=f'Direct KD from {teacher}: gain over scratch by student size',
       xlabel='student parameters', ylabel='KD − scratch (accuracy points)')
 
-  # The verdict, from the per-seed paired differences against direct KD.
-  lines, full_parts, best_parts, scratch_parts = [], [], [], []
+  # The verdict, from the Holm-corrected paired comparisons against direct KD.
+  vs_direct = [c for name, c in cmp.items() if name.endswith(' vs direct KD')]
+  significant = [c for c in vs_direct if c.verdict == stats.BETTER]
+  worse = [c for c in vs_direct if c.verdict == stats.WORSE]
+  full_parts, best_parts, scratch_parts, full_better = [], [], [], []
   for student in config.students:
-    per_path, per_gain = {}, {}
-    for r in records:
-      if r['student'] == student and r['num_links'] >= 2:
-        per_path.setdefault(r['path'], []).append(r['vs_direct'])
-      if r['student'] == student and r['num_links'] >= 1:
-        per_gain.setdefault(r['path'], []).append(r['gain'])
-    if per_gain:
-      top = max(per_gain, key=lambda p: np.mean(per_gain[p]))
-      d = np.asarray(per_gain[top])
-      scratch_parts.append(f'{student}: {top} {paired(d)} ({verdict_of(d)})')
-    for path, diffs in per_path.items():
-      d = np.asarray(diffs)
-      lines.append(f'{path}: {paired(d)} points vs direct KD, better in {int(np.sum(d > 0))}/'
-                   f'{d.size} seeds → {verdict_of(d)}')
-    if per_path:
-      full_path = max(per_path, key=lambda p: p.count('→'))
-      d = np.asarray(per_path[full_path])
-      full_parts.append(f'{student} {paired(d)} ({verdict_of(d)}, better in '
-                        f'{int(np.sum(d > 0))}/{d.size} seeds)')
-      best = max(per_path, key=lambda p: np.mean(per_path[p]))
-      best_parts.append(f'{student}: {best} ({paired(np.asarray(per_path[best]))})')
-  significant = [l for l in lines if l.endswith('→ better')]
-  # With n seeds, a path with no true effect is called 'better' when t_{n-1} > 2; over m
-  # paths, how likely are at least k such calls by chance (paths taken as independent)?
-  n_seeds = len(config.seeds)
-  chance = float(stats.t.sf(2.0, n_seeds - 1)) if n_seeds > 1 else 1.0
-  p_chance = float(stats.binom.sf(len(significant) - 1, len(lines), chance)) if lines else 1.0
+    mine = [c for c in vs_direct if c.name.split(' vs ')[0].endswith(f'→ {student}')]
+    gains = [c for name, c in cmp.items() if name.endswith(f' vs {student} from scratch')
+             and not name.startswith(f'{teacher} → {student} (direct')]
+    if gains:
+      top = max(gains, key=lambda c: c.mean)
+      scratch_parts.append(f'{student}: {top.name.split(" vs ")[0]} {stats.summary(top)}')
+    if mine:
+      full = max(mine, key=lambda c: c.name.count('→'))
+      full_parts.append(f'{student} {stats.summary(full)}')
+      full_better.append(full.verdict == stats.BETTER)
+      best = max(mine, key=lambda c: c.mean)
+      best_parts.append(f'{student}: {best.name.split(" vs ")[0]} '
+                        f'({stats.format_delta(best)} points, {best.wins}/{best.n} seeds)')
   if not significant:
     label = 'Not reproduced'
-    passed = 'No assistant path is significantly better than direct KD. '
+    passed = 'No assistant path is significantly better than direct KD after the Holm correction'
   else:
-    label = 'Partly reproduced' if p_chance < 0.05 else 'Not reproduced'
-    passed = (
-        f'{len(significant)} of {len(lines)} assistant paths pass the criterion '
-        f'({"; ".join(significant)}), but with {n_seeds} seeds a path with no effect passes '
-        f'with probability {chance:.0%}, so {len(significant)} or more of {len(lines)} passes '
-        f'happen by chance with probability {p_chance:.2f} (paths taken as independent)'
-        + ('; that is not evidence for TAKD. ' if p_chance >= 0.05 else '. '))
-  teacher_by_seed = {r['seed']: r['accuracy'] for r in records if r['student'] == teacher}
+    label = 'Reproduced' if full_better and all(full_better) else 'Partly reproduced'
+    passed = (f'{len(significant)} of {len(vs_direct)} assistant paths are significantly better '
+              'than direct KD: ' + '; '.join(c.name for c in significant))
+  if worse:
+    passed += (f'; {len(worse)} significantly worse: ' + '; '.join(c.name for c in worse))
+  teacher_by_seed = common.by_seed(records, student=teacher)
   gap_parts = []
   for student in config.students:
-    d = np.asarray([teacher_by_seed[r['seed']] - r['accuracy'] for r in records
-                    if r['path'] == f'{student} (scratch)'])
-    gap_parts.append(f'{student} {paired(d)}')
+    scratch = common.by_seed(records, path=f'{student} (scratch)')
+    d = stats.paired_differences({s: teacher_by_seed[s] for s in scratch}, scratch)
+    gap_parts.append(f'{student} {common.mean_std(d)}')
   summary = (
-      f'{label} ({n_seeds} seeds, paired by seed, criterion: mean difference beyond two '
-      'standard errors). ' + passed
-      + f'Full ladder vs direct KD: {"; ".join(full_parts)}. Nominally best path: '
-      f'{"; ".join(best_parts)}. Teacher − student gap (both from scratch, paired): '
-      f'{"; ".join(gap_parts)} points. Best KD path vs the same student from scratch: '
-      f'{"; ".join(scratch_parts)}.')
+      f'{label} ({len(seeds)} seeds). {passed}. Full ladder vs direct KD: '
+      f'{"; ".join(full_parts)}. Nominally best path: {"; ".join(best_parts)}. Teacher − '
+      f'student gap (both from scratch, mean ± std over seeds): {"; ".join(gap_parts)} points. '
+      f'Best KD path vs the same student from scratch: {"; ".join(scratch_parts)}.')
   if len(gap) >= 2:
     shrinks = gap[-1]['gain_mean'] < gap[0]['gain_mean']
     summary += (
         f' Direct KD gain over scratch by student size ({gap[0]["model"]} … {gap[-1]["model"]}): '
-        + ', '.join(f'{r["model"]} {r["gain"]}' for r in gap) + ' points, so the gain '
+        + ', '.join(f'{r["model"]} {r["KD gain (paired)"]} {r["95% CI"]} ({r["verdict"]})'
+                    for r in gap) + ' points, so the mean gain '
         + ('shrinks' if shrinks else 'does not shrink') + ' as the teacher/student gap grows'
         + (' and turns negative.' if gap[-1]['gain_mean'] < 0 else '.'))
-  gap_md = report.markdown_table(gap, GAP_COLUMNS)
+  gap_md = markdown_table(gap, GAP_COLUMNS)
   notes = (
-      f'Setup: {dataset} ({len(train_src)} train / {len(test_src)} test), teacher '
+      f'Setup: {dataset} ({facts["train_size"]} train / {facts["test_size"]} test), teacher '
       f'{teacher} trained {config.teacher_steps} steps (lr {config.teacher_lr:g}), every other '
       f'link and every scratch run {config.student_steps} steps (lr {config.student_lr:g}), '
       f'Adam + cosine decay, batch {config.batch_size}; KD objective in every link '
       f'α·CE + (1−α)·τ²·KL with α={config.kd.alpha:g}, τ={config.kd.temperature:g}, on the '
-      'labeled training set. Mean ± std over seeds '
-      f'{tuple(config.seeds)}; "paired" columns are per-seed differences (scratch, direct and '
-      'TA students of one seed share the initialisation and data order). Links shared by '
-      'several paths are trained once (kdjax.schemes.takd_sweep).\n\n'
-      'Paired differences against direct KD:\n\n' + '\n'.join(f'- {l}' for l in lines) +
-      '\n\n## Direct KD as the gap grows\n\nEach model distilled directly from the teacher '
+      'labeled training set. Accuracies: mean ± std over seeds; "paired" columns are per-seed '
+      'differences (scratch, direct and TA students of one seed share the initialisation and '
+      'data order). Links shared by several paths are trained once '
+      '(kdjax.schemes.takd_sweep).\n\n'
+      '## Direct KD as the gap grows\n\nEach model distilled directly from the teacher '
       '(the first link of its paths) against the same model from scratch:\n\n' + gap_md +
-      '\n\nPlots: `takd_paths.png`, `kd_gain_vs_size.png`. Wall time of the call that wrote '
-      'this file: '
-      f'{time.perf_counter() - t0:.0f} s (runs found complete in the workdir are restored, not '
-      'retrained).' + (f'\n\n{config.notes}' if config.get('notes') else ''))
+      '\n\n' + common.comparison_lines(list(cmp.values())) +
+      '\n\nPlots: `takd_paths.png`, `kd_gain_vs_size.png`.'
+      + (f'\n\n{config.notes}' if config.get('notes') else ''))
   common.write_results(
       config.results, rows, COLUMNS,
       title=f'TAKD: teacher assistants vs direct KD ({dataset})', finding=FINDING,
-      verdict=summary, command='python -m experiments.run --config experiments/configs/takd.py'
-      + ('' if config.mode == 'default' else f':{config.mode}'), notes=notes)
+      verdict=summary, command=setup['command'], notes=notes, out_dir=out_dir, dataset=dataset,
+      seeds=seeds)
   return rows

@@ -32,16 +32,22 @@ import jax
 import jax.numpy as jnp
 
 from experiments import common
+from experiments import stats
 from kdjax import data as kdata
 from kdjax import models
 from kdjax import runs
 from kdjax import steps
 
 
-COLUMNS = ('dataset', 'train data', 'method', 'τ', 'α', 'seeds', 'test accuracy',
-           'Δ vs scratch (paired)', 'agreement w/ teacher')
 ACC, DELTA, AGREE = 'test accuracy', 'Δ vs scratch (paired)', 'agreement w/ teacher'
 VS_KD = 'Δ vs KD (paired)'
+CI_SCRATCH, VERDICT_SCRATCH = '95% CI vs scratch', 'verdict vs scratch'
+# The columns of experiments 6 and 7 (topk, dkd_dist): Holm p and verdict for both baselines.
+VS_KD_COLUMNS = (ACC, DELTA, CI_SCRATCH, VERDICT_SCRATCH, VS_KD, '95% CI vs KD', 'Holm p vs KD',
+                 'verdict vs KD', AGREE)
+COLUMNS = ('dataset', 'train data', 'method', 'τ', 'α', 'seeds', ACC, DELTA, *stats.COLUMNS,
+           AGREE)
+KEYS = ('dataset', 'train data', 'method', 'τ', 'α')
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -188,10 +194,68 @@ def summarise(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list
   return rows
 
 
-def paired_wins(records: Sequence[Mapping[str, Any]], **where) -> tuple[int, int]:
-  """``(wins, n)``: seeds where a method's accuracy beat the baseline's (``delta > 0``)."""
-  sel = [r for r in records if all(r[k] == v for k, v in where.items())]
-  return sum(r['delta'] > 0 for r in sel), len(sel)
+def save(config, records: list[dict]) -> tuple[list[dict], dict, str]:
+  """Writes records.json and setup.json; returns ``(records as read back, setup, out_dir)``."""
+  out_dir = common.results_dir(config.results)
+  common.save_records(records, os.path.join(out_dir, 'records.json'))
+  setup = common.save_setup(out_dir, experiment=config.experiment, command=command(config),
+                            config=config)
+  return common.load_results(out_dir)[0], setup, out_dir
+
+
+def dataset_names(config) -> str:
+  """``'MNIST-1D, scikit-learn digits'``: the datasets run, by their display names."""
+  names = {'mnist1d': 'MNIST-1D', 'digits': 'scikit-learn digits'}
+  return ', '.join(names.get(d, d) for d in config.datasets_run)
+
+
+def setting_of(row: Mapping[str, Any], keys: Sequence[str]) -> dict:
+  """The ``{key: value}`` selector of a summary row (for :func:`experiments.common.paired`)."""
+  return {k: row[k] for k in keys}
+
+
+def label_of(row: Mapping[str, Any], keys: Sequence[str]) -> str:
+  """``'mnist1d, KD, τ=4, α=0.1'``: a summary row's name in a family of comparisons."""
+  parts = []
+  for k in keys:
+    v = row[k]
+    if v in ('-', '—'):
+      continue
+    parts.append(f'{k}={v:g}' if isinstance(v, float) else str(v))
+  return ', '.join(parts)
+
+
+def compare_vs_kd(records: Sequence[Mapping[str, Any]], rows: list[dict],
+                  keys: Sequence[str] = ('dataset', 'method', 'setting')) -> dict:
+  """Adds the paired vs-scratch and vs-KD columns to :func:`summarise_vs_kd` rows.
+
+  The family (one Holm correction): every non-scratch row vs scratch, and every row
+  other than scratch and KD vs KD, each paired by seed within its dataset.
+
+  Returns:
+    ``{name: Comparison}``.
+  """
+  family = []
+  for row in rows:
+    if row['method'] == 'scratch':
+      continue
+    scratch = {'dataset': row['dataset'], 'method': 'scratch'}
+    family.append((f'{label_of(row, keys)} vs scratch',
+                   common.paired(records, setting_of(row, keys), scratch)))
+    if row['method'] != 'KD':
+      kd = {'dataset': row['dataset'], 'method': 'KD'}
+      family.append((f'{label_of(row, keys)} vs KD',
+                     common.paired(records, setting_of(row, keys), kd)))
+  cmp = {c.name: c for c in stats.compare(family)}
+  for row in rows:
+    vs_s = cmp.get(f'{label_of(row, keys)} vs scratch')
+    vs_kd = cmp.get(f'{label_of(row, keys)} vs KD')
+    row[DELTA] = stats.format_delta(vs_s) if vs_s else '-'
+    row[CI_SCRATCH] = stats.format_ci(vs_s) if vs_s else '-'
+    row[VERDICT_SCRATCH] = vs_s.verdict if vs_s else '-'
+    row.update({k + ' vs KD' if k != VS_KD else k: v
+                for k, v in stats.columns(vs_kd, delta=VS_KD).items()})
+  return cmp
 
 
 def collect_vs_kd(config, methods_for: Callable[[Setup], Sequence[tuple]]) -> list[dict]:
@@ -279,18 +343,22 @@ def collect(config) -> list[dict]:
   return records
 
 
-def _verdict_word(fraction_better: float, best_delta: float) -> str:
-  """A one-word summary of how often KD beat scratch across settings (mean over seeds)."""
-  if fraction_better >= 0.75:
-    return 'holds' if best_delta >= 0.02 else 'holds, by a small margin'
-  return 'not reproduced' if fraction_better <= 0.5 else 'mixed'
-
-
 def write(config, records: list[dict]) -> list[dict]:
-  """Writes records.json, the table, plots and verdict; returns the table rows."""
-  out_dir = common.results_dir(config.results)
-  common.save_records(records, os.path.join(out_dir, 'records.json'))
-  rows = summarise(records, ['dataset', 'train data', 'method', 'τ', 'α'])
+  """Writes records.json, setup.json, the table, plots and verdict; returns the table rows."""
+  return report(*save(config, records))
+
+
+def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the table, plots and verdict from the records alone; returns the table rows."""
+  config = common.config_of(setup)
+  rows = summarise(records, KEYS)
+  family = [(f'{label_of(r, KEYS)} vs scratch',
+             common.paired(records, setting_of(r, KEYS),
+                           {'dataset': r['dataset'], 'method': 'scratch'}))
+            for r in rows if r['method'] != 'scratch']
+  cmp = {c.name: c for c in stats.compare(family)}
+  for r in rows:
+    r.update(stats.columns(cmp.get(f'{label_of(r, KEYS)} vs scratch'), delta=DELTA))
   for dataset in config.datasets_run:
     sel = [dict(r, tau=f'{r["τ"]:g}', series=f'α={r["α"]:g}') for r in rows
            if r['dataset'] == dataset and r['method'] == 'KD']
@@ -299,60 +367,69 @@ def write(config, records: list[dict]) -> list[dict]:
                          path=os.path.join(out_dir, f'{dataset}.png'),
                          title=f'KD on {dataset} (labeled set): accuracy vs τ',
                          xlabel='temperature τ', baselines={'scratch': scratch['accuracy_mean']})
-  verdicts, notes = [], []
+  verdicts = []
   for dataset in config.datasets_run:
     kd_rows = [r for r in rows if r['dataset'] == dataset and r['method'] == 'KD']
-    better = sum(r['delta_mean'] > 0 for r in kd_rows)
-    best = max(kd_rows, key=lambda r: r['delta_mean'])
-    worst = min(kd_rows, key=lambda r: r['delta_mean'])
-    wins, total = paired_wins(records, dataset=dataset, method='KD', τ=best['τ'], α=best['α'])
-    kd_records = [r for r in records if r['dataset'] == dataset and r['method'] == 'KD']
-    all_wins = sum(r['delta'] > 0 for r in kd_records)
-    word = _verdict_word(better / len(kd_rows), best['delta_mean'])
-    text = (f'**{dataset}**, labeled set: **{word}**. '
-            f'KD beats scratch on average in {better} of {len(kd_rows)} (τ, α) settings and in '
-            f'{all_wins} of {len(kd_records)} paired (setting, seed) runs; best τ={best["τ"]:g}, '
-            f'α={best["α"]:g}: {100 * best["delta_mean"]:+.1f} ± {100 * best["delta_std"]:.1f} pp '
-            f'({wins}/{total} seeds), worst τ={worst["τ"]:g}, α={worst["α"]:g}: '
-            f'{100 * worst["delta_mean"]:+.1f} pp.')
+    kd_cmp = [cmp[f'{label_of(r, KEYS)} vs scratch'] for r in kd_rows]
+    better = [c for c in kd_cmp if c.verdict == stats.BETTER]
+    worse = [c for c in kd_cmp if c.verdict == stats.WORSE]
+    best_row, best = max(zip(kd_rows, kd_cmp), key=lambda rc: rc[1].mean)
+    worst_row, worst = min(zip(kd_rows, kd_cmp), key=lambda rc: rc[1].mean)
+    if better and not worse:
+      word = 'holds' if len(better) == len(kd_cmp) else 'holds for some settings'
+    elif worse and not better:
+      word = 'contradicted for some settings'
+    elif better and worse:
+      word = 'mixed'
+    else:
+      word = 'not reproduced (no setting significantly better)'
+    text = (f'**{dataset}**, labeled set: **{word}**. KD is significantly better than scratch '
+            f'in {len(better)} and worse in {len(worse)} of {len(kd_cmp)} (τ, α) settings; '
+            f'nominally best τ={best_row["τ"]:g}, α={best_row["α"]:g}: {stats.summary(best)} '
+            f'({best.wins}/{best.n} seeds); worst τ={worst_row["τ"]:g}, α={worst_row["α"]:g}: '
+            f'{stats.format_delta(worst)} points.')
     tr_rows = [r for r in rows if r['dataset'] == dataset and r['method'] == 'KD (transfer set)']
     if tr_rows:
-      best_tr = max(tr_rows, key=lambda r: r['delta_mean'])
-      tr_wins = sum(r['delta'] > 0 for r in records
-                    if r['dataset'] == dataset and r['method'] == 'KD (transfer set)')
-      text += (f' With an unlabeled transfer set (Hinton\'s setup) it **holds strongly**: KD '
-               f'alone reaches {best_tr[ACC]}% at τ={best_tr["τ"]:g}, '
-               f'{100 * best_tr["delta_mean"]:+.1f} pp over the labeled-set scratch student, and '
-               f'beats it in {tr_wins} of {len(tr_rows) * len(config.seeds)} (τ, seed) runs.')
+      tr_cmp = [cmp[f'{label_of(r, KEYS)} vs scratch'] for r in tr_rows]
+      tr_better = [c for c in tr_cmp if c.verdict == stats.BETTER]
+      best_tr = max(zip(tr_rows, tr_cmp), key=lambda rc: rc[1].mean)
+      text += (f' With an unlabeled transfer set (Hinton\'s setup), KD alone is significantly '
+               f'better than the labeled-set scratch student at {len(tr_better)} of '
+               f'{len(tr_cmp)} temperatures; best τ={best_tr[0]["τ"]:g}: {best_tr[0][ACC]}%, '
+               f'{stats.summary(best_tr[1])}.')
     verdicts.append(text)
-  teachers = ', '.join(
-      f'{d}: {config.datasets[d].teacher.model} '
-      f'{100 * next(r["teacher accuracy"] for r in records if r["dataset"] == d):.1f}%'
-      for d in config.datasets_run)
+  teacher_acc = {d: next(r['teacher accuracy'] for r in records if r['dataset'] == d)
+                 for d in config.datasets_run}
+  teachers = ', '.join(f'{d}: {config.datasets[d].teacher.model} {100 * teacher_acc[d]:.1f}%'
+                       for d in config.datasets_run)
+  scratch_acc = {r['dataset']: r['accuracy_mean'] for r in rows if r['method'] == 'scratch'}
+  gaps = ', '.join(f'{d} {100 * (teacher_acc[d] - scratch_acc[d]):.1f}'
+                   for d in config.datasets_run)
   students = ', '.join(f'{d}: {config.datasets[d].student.model} '
                        f'{dict(config.datasets[d].student.kwargs)}, '
                        f'{config.datasets[d].student.num_steps} steps, '
                        f'lr {config.datasets[d].student.learning_rate:g}'
                        for d in config.datasets_run)
-  notes.append(
+  notes = (
       f'Teachers (one per dataset, seed {config.teacher_seed}; test accuracy): {teachers}. '
-      f'Students (Adam, cosine decay, batch {config.batch_size}): {students}. Seeds '
-      f'{tuple(config.seeds)} vary the student initialisation and data order; the scratch and '
-      'KD runs of a seed share both, so Δ is a paired difference (mean ± std over seeds, '
-      'percentage points). The loss is α·CE + (1−α)·τ²·KL(p_T^τ‖p_S^τ); on the transfer set '
+      f'Students (Adam, cosine decay, batch {config.batch_size}): {students}. Seeds vary the '
+      'student initialisation and data order; the scratch and KD runs of a seed share both, '
+      'so Δ is a paired difference (percentage points); accuracies are mean ± std over seeds. '
+      'The loss is α·CE + (1−α)·τ²·KL(p_T^τ‖p_S^τ); on the transfer set '
       f'α = 0 ({config.transfer.num_steps} steps, lr {config.transfer.learning_rate:g}). '
-      'Picking the best (τ, α) by test accuracy is optimistic; the count of settings that beat '
-      'scratch is the fairer summary. On digits the student from scratch is within ~1.3 pp of '
-      'the teacher and one test example is 0.28 pp, so there is little to transfer and little '
-      'resolution. Training time (sum over student runs, shared 2-core '
-      f'{jax.default_backend()}): {sum(r["seconds"] for r in records):.0f} s. Raw per-seed '
-      'numbers: records.json; plots: <dataset>.png.')
+      'Picking the best (τ, α) by test accuracy is optimistic; the count of settings that are '
+      'significantly better than scratch is the fairer summary. Teacher − scratch student gap '
+      f'(points): {gaps}; where it is small there is little to transfer. Training time (sum '
+      f'over student runs, shared 2-core CPU): {sum(r["seconds"] for r in records):.0f} s. Raw '
+      'per-seed numbers: records.json; plots: <dataset>.png.\n\n'
+      + common.comparison_lines(list(cmp.values())))
   common.write_results(
       config.results, rows, COLUMNS,
       title='KD vs scratch across temperature τ and weight α',
       finding='KD beats the same student trained from scratch (Hinton et al. 2015; '
       'METHODS.md §C, first finding).',
-      verdict=' '.join(verdicts), command=command(config), notes=' '.join(notes))
+      verdict=' '.join(verdicts), command=setup['command'], notes=notes, out_dir=out_dir,
+      dataset=dataset_names(config), seeds=common.seeds_of(records))
   return rows
 
 

@@ -26,13 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from experiments import common
+from experiments import stats
 from experiments import temperature as base
 from kdjax import checkpoint
 from kdjax import losses
 from kdjax import steps
 
 
-COLUMNS = ('dataset', 'method', 'setting', 'seeds', base.ACC, base.DELTA, base.VS_KD, base.AGREE)
+COLUMNS = ('dataset', 'method', 'setting', 'seeds', *base.VS_KD_COLUMNS)
+KEYS = ('dataset', 'method', 'setting')
 
 
 def _kd_sim_loss(student_logits, labels, *, kernel, temperature):
@@ -71,10 +73,15 @@ def collect(config) -> list[dict]:
 
 
 def write(config, records: list[dict]) -> list[dict]:
-  """Writes records.json, the table, plots and verdict; returns the table rows."""
-  out_dir = common.results_dir(config.results)
-  common.save_records(records, os.path.join(out_dir, 'records.json'))
+  """Writes records.json, setup.json, the table, plots and verdict; returns the table rows."""
+  return report(*base.save(config, records))
+
+
+def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
+  """Writes the table, plots and verdict from the records alone; returns the table rows."""
+  config = common.config_of(setup)
   rows = base.summarise_vs_kd(records)
+  cmp = base.compare_vs_kd(records, rows)
   for dataset in config.datasets_run:
     sel = [dict(r, label=f"{r['method']} {r['setting']}".strip(' -'))
            for r in rows if r['dataset'] == dataset]
@@ -90,57 +97,55 @@ def write(config, records: list[dict]) -> list[dict]:
   for dataset in config.datasets_run:
     sel = [r for r in rows if r['dataset'] == dataset]
     kd = next(r for r in sel if r['method'] == 'KD')
+    kd_cmp = cmp[f'{base.label_of(kd, KEYS)} vs scratch']
     topk = [r for r in sel if r['method'] == 'KD-topk']
-    parts = []
-    for r in topk:
-      wins = sum(x['vs_kd'] >= 0 for x in records if x['dataset'] == dataset
-                 and x['method'] == 'KD-topk' and x['setting'] == r['setting'])
-      parts.append(f"{r['setting'].split(',')[0]}: {100 * r['vs_kd_mean']:+.1f} ± "
-                   f"{100 * r['vs_kd_std']:.1f} pp ({wins}/{r['seeds']} seeds ≥ KD)")
-    # Within noise = the paired difference's mean + std >= 0; beats = mean - std > 0.
-    ks = {r['setting']: r['setting'].split(',')[0] for r in topk}
-    beats = [ks[r['setting']] for r in topk if r['vs_kd_mean'] - r['vs_kd_std'] > 0]
-    matches = [ks[r['setting']] for r in topk if r['vs_kd_mean'] + r['vs_kd_std'] >= 0]
-    below = [k for k in ks.values() if k not in matches]
+    vs_kd = {r['setting'].split(',')[0]: cmp[f'{base.label_of(r, KEYS)} vs KD'] for r in topk}
+    parts = [f'{k}: {stats.summary(c)} ({c.wins}/{c.n} seeds above KD)'
+             for k, c in vs_kd.items()]
+    beats = [k for k, c in vs_kd.items() if c.verdict == stats.BETTER]
+    below = [k for k, c in vs_kd.items() if c.verdict == stats.WORSE]
+    matches = [k for k in vs_kd if k not in beats + below]
     if beats:
-      word = f'holds: KD-topk beats full KD for {", ".join(beats)}'
+      word = f'holds: KD-topk is significantly better than full KD for {", ".join(beats)}'
     elif not below:
-      word = 'holds in the "matches" sense: every k is within noise of full KD, none beats it'
+      word = ('not contradicted: no k differs significantly from full KD (which the "matches" '
+              'reading needs, but a non-significant difference is not evidence of equality)')
     elif matches:
-      word = (f'partly: KD-topk is within noise of full KD for {", ".join(matches)} and below '
-              f'it for {", ".join(below)}; no k beats it')
+      word = (f'partly: KD-topk is significantly below full KD for {", ".join(below)}, not '
+              f'significantly different for {", ".join(matches)}')
     else:
-      word = 'not reproduced: KD-topk is below full KD for every k'
-    others = '; '.join(f"{r['method']} {r['setting']}: {100 * r['vs_kd_mean']:+.1f} pp vs KD, "
-                       f"{100 * r['delta_mean']:+.1f} pp vs scratch"
-                       for r in sel if r['method'] in ('KD-pt', 'KD-sim'))
+      word = 'not reproduced: KD-topk is significantly below full KD for every k'
+    others = '; '.join(
+        f"{r['method']} {r['setting']}: vs KD "
+        f"{stats.summary(cmp[f'{base.label_of(r, KEYS)} vs KD'])}, vs scratch "
+        f"{stats.format_delta(cmp[f'{base.label_of(r, KEYS)} vs scratch'])} points"
+        for r in sel if r['method'] in ('KD-pt', 'KD-sim'))
     verdicts.append(
-        f"**{dataset}**: **{word}**. Full KD {kd[base.ACC]}% "
-        f"({100 * kd['delta_mean']:+.1f} pp vs scratch). "
-        f"KD-topk − KD, paired: {'; '.join(parts)}. {others}.")
+        f"**{dataset}**: **{word}**. Full KD {kd[base.ACC]}% (vs scratch "
+        f"{stats.summary(kd_cmp)}). KD-topk − KD, paired: {'; '.join(parts)}. {others}.")
   common.write_results(
       config.results, rows, COLUMNS,
       title='KD-topk, KD-pt and KD-sim vs full KD (Tang et al. 2020)',
       finding='KD-topk matches or beats full KD (Tang et al. 2020, "Understanding and Improving '
       'Knowledge Distillation"; METHODS.md §C). Also shown: KD-pt and KD-sim, which the paper '
       'reports as recovering only part of KD\'s gain.',
-      verdict=' '.join(verdicts), command=base.command(config),
+      verdict=' '.join(verdicts), command=setup['command'], out_dir=out_dir,
+      dataset=base.dataset_names(config), seeds=common.seeds_of(records),
       notes=(f'Loss: α·CE + (1−α)·L with α={config.alpha:g}; τ={config.temperature:g} for KD, '
              'KD-topk and KD-pt (the KD-topk target keeps the teacher\'s top-k probabilities at '
              'τ and spreads the remaining mass uniformly; k = C − 1 would equal KD). KD-sim\'s '
              'target is softmax(ŵ_yᵀŴ/τ_sim) from the teacher\'s L2-normalised classifier '
-             'columns: cosine similarities lie in [−1, 1], so τ_sim is much smaller than τ '
-             '(τ_sim = 0.25 puts ~0.86 of the mass on the true class for the MNIST-1D teacher). '
+             'columns: cosine similarities lie in [−1, 1], so τ_sim is much smaller than τ. '
              'KD-topk with k = 1 and KD-pt give the same target wherever the teacher\'s top class '
              'is the label, i.e. on (almost) every training example of these teachers, hence '
-             'their (near-)identical numbers. "Within noise" = paired mean + std ≥ 0; '
-             '"beats" = paired mean − std > 0. On digits full KD itself does not beat scratch '
-             '(experiment 1), so there is no KD gain for KD-topk to match. '
+             'their (near-)identical numbers. Whether full KD itself beats scratch on each '
+             'dataset is in the KD rows (and experiment 1). '
              'Teachers, students and the paired-by-seed design: experiments/results/temperature. '
-             'Δ columns are paired differences (mean ± std over seeds, percentage points). '
+             'Δ columns are paired differences (percentage points); accuracies are mean ± std '
+             'over seeds. '
              f'Training time (sum over student runs): {sum(r["seconds"] for r in records):.0f} s. '
-             'Raw numbers: records.json; '
-             'plots: <dataset>.png.'))
+             'Raw numbers: records.json; plots: <dataset>.png.\n\n'
+             + common.comparison_lines(list(cmp.values()))))
   return rows
 
 

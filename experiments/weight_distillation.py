@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from experiments import common
+from experiments import stats
 from experiments.netaug import fit_and_evaluate
 from experiments.netaug import state_fn
 from kdjax import data as kdata
@@ -37,8 +38,10 @@ from kdjax import steps
 from kdjax.state import TrainState
 
 
-COLUMNS = ('run', 'model', 'params', 'test accuracy', 'Δ test vs KD (paired)', 'seeds',
-           'steps', 'wall time / run (s)')
+DELTA = 'Δ test vs KD (paired)'
+COLUMNS = ('run', 'model', 'params', 'test accuracy', DELTA, *stats.COLUMNS, 'seeds', 'steps',
+           'wall time / run (s)')
+COMMAND = 'python -m experiments.run --config experiments/configs/weight_distillation.py'
 
 
 def run(config) -> list[dict]:
@@ -150,55 +153,72 @@ def run(config) -> list[dict]:
   kd_acc = {r['seed']: r['test_accuracy'] for r in records if r['run'] == 'KD'}
   for r in records:
     r['delta_kd'] = r['test_accuracy'] - kd_acc[r['seed']]
+  out = common.results_dir(config.results)
+  common.save_records(records, os.path.join(out, 'records.json'))
+  setup = common.save_setup(
+      out, experiment='weight_distillation', config=config,
+      command=COMMAND + ('' if config.results == 'weight_distillation' else ':quick'),
+      facts={'train_size': len(train_src), 'test_size': len(test_src),
+             'layer_pairs': dict(gen.pairs)})
+  return report(common.load_results(out)[0], setup, out)
+
+
+def report(records: list[dict], setup: dict, out: str) -> list[dict]:
+  """Writes the table, plot and verdict from the records alone; returns the table rows."""
+  config, facts = common.config_of(setup), setup['facts']
+  t_label, s_label = f'CNN1D({config.teacher.channels})', f'CNN1D({config.student.channels})'
+  n_total, n_1 = config.student.num_steps, config.wd.phase1_steps
+  n_2 = n_total - n_1
+  kd_acc = {r['seed']: r['test_accuracy'] for r in records if r['run'] == 'KD'}
+  for r in records:
+    r['delta_kd'] = r['test_accuracy'] - kd_acc[r['seed']]
+  students = [r for r in dict.fromkeys(r['run'] for r in records)
+              if r not in ('teacher', 'KD', 'scratch')]
+  family = [(f'{run} vs KD', common.paired(records, {'run': run}, {'run': 'KD'}, 'test_accuracy'))
+            for run in students]
+  family += [(f'{run} vs scratch', common.paired(records, {'run': run}, {'run': 'scratch'},
+                                                 'test_accuracy'))
+             for run in ('KD', 'WD: phase 1 + phase 2')]
+  cmp = {c.name: c for c in stats.compare(family)}
   rows = common.aggregate(records, ['run', 'model', 'params', 'steps'],
                           ['test_accuracy', 'delta_kd', 'seconds'],
                           percent=['test_accuracy', 'delta_kd'])
   for row in rows:
     row['params'] = f'{row["params"]:,}'
     row['test accuracy'] = row['test_accuracy']
-    row['Δ test vs KD (paired)'] = ('-' if row['run'] in ('KD', 'teacher')
-                                    else row['delta_kd'] + ' pp')
+    row.update(stats.columns(cmp.get(f'{row["run"]} vs KD'), delta=DELTA))
     row['wall time / run (s)'] = f'{row["seconds_mean"]:.1f}'
 
-  out = common.results_dir(config.results)
-  common.save_records(records, os.path.join(out, 'records.json'))
   common.errorbar_plot(rows, x='run', metric='test_accuracy',
                        path=os.path.join(out, 'weight_distillation.png'),
                        title=f'Weight distillation, {t_label} -> {s_label} on MNIST-1D')
   by_run = {r['run']: r for r in rows}
-  wd_d = [r['delta_kd'] for r in records if r['run'] == 'WD: phase 1 + phase 2']
-  d = np.asarray(wd_d)
-  scratch_acc = {r['seed']: r['test_accuracy'] for r in records if r['run'] == 'scratch'}
-  vs_scratch = [r['test_accuracy'] - scratch_acc[r['seed']] for r in records
-                if r['run'] == 'WD: phase 1 + phase 2']
-  kd_vs_scratch = [kd_acc[s] - scratch_acc[s] for s in kd_acc]
-  sem = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float('inf')
-  outcome = ('reproduced' if d.mean() > 2 * sem else 'refuted (WD is worse)'
-             if d.mean() < -2 * sem else 'not reproduced (no clear difference)')
+  wd = cmp['WD: phase 1 + phase 2 vs KD']
+  outcome = {stats.BETTER: 'reproduced', stats.WORSE: 'refuted (WD is worse)'}.get(
+      wd.verdict, f'not reproduced ({wd.verdict})')
   verdict = (
+      f'The paper\'s claim that WD beats KD for the same student is {outcome} on our data: '
       f'WD (phase 1 + 2) {by_run["WD: phase 1 + phase 2"]["test_accuracy"]}% vs KD '
-      f'{by_run["KD"]["test_accuracy"]}% (paired difference {100 * d.mean():+.1f} pp over '
-      f'{d.size} seeds): the paper\'s claim that WD beats KD for the same student is '
-      f'{outcome} on our data. Slice init + KD: {by_run["slice init + KD"]["test_accuracy"]}%; '
-      f'scratch: {by_run["scratch"]["test_accuracy"]}% (WD − scratch, paired: '
-      f'{100 * np.mean(vs_scratch):+.1f} pp; KD − scratch: {100 * np.mean(kd_vs_scratch):+.1f} '
-      'pp).')
+      f'{by_run["KD"]["test_accuracy"]}%, WD − KD {stats.summary(wd)}. KD − scratch: '
+      f'{stats.summary(cmp["KD vs scratch"])}.')
   notes = (
-      f'Setup: MNIST-1D, teacher {t_label} ({config.teacher.num_steps} steps, lr '
+      f'Setup: MNIST-1D ({facts["train_size"]} train / {facts["test_size"]} test), teacher '
+      f'{t_label} ({config.teacher.num_steps} steps, lr '
       f'{config.teacher.learning_rate:g}), student {s_label}; every student has '
       f'{n_total} Adam steps in total (cosine decay, lr {config.student.learning_rate:g}, '
       f'batch {config.batch_size}) and the KD objective α·CE + (1−α)·τ²·KL with '
       f'α = {config.kd.alpha:g}, τ = {config.kd.temperature:g} (scratch: CE only). WD phase 1: '
       f'{n_1} steps training only P and Q (Adam, lr {config.wd.phase1_learning_rate:g}, '
       f'{config.wd.init} init, bias {config.wd.bias}); phase 2: {n_2} steps fine-tuning the '
-      f'generated student. Layer pairs (student ← teacher): {dict(gen.pairs)}. "WD: phase 1 '
-      'only" evaluates the generated student right after phase 1. The teacher is retrained '
-      'per seed.\n\nPlot: `weight_distillation.png`. Raw per-seed numbers: `records.json`.')
+      f'generated student. Layer pairs (student ← teacher): {facts["layer_pairs"]}. "WD: phase '
+      '1 only" evaluates the generated student right after phase 1. The teacher is retrained '
+      'per seed. Test accuracy: mean ± std over seeds.\n\n'
+      + common.comparison_lines(list(cmp.values())) +
+      '\n\nPlot: `weight_distillation.png`. Raw per-seed numbers: `records.json`.')
   common.write_results(
       config.results, rows, COLUMNS, title='Weight distillation on MNIST-1D',
       finding='Weight distillation (generator phase + fine-tuning) beats KD for the same '
       'student (Lin et al. 2020; seed 004). Not one of the METHODS.md §C findings.',
-      verdict=verdict,
-      command='python -m experiments.run --config experiments/configs/weight_distillation.py',
-      notes=notes)
+      verdict=verdict, command=setup['command'], notes=notes, out_dir=out,
+      dataset='MNIST-1D', seeds=common.seeds_of(records))
   return rows

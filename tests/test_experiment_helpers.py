@@ -1,6 +1,12 @@
-"""Tests for the experiment helpers (seeds summary, plots, results files)."""
+"""Tests for the experiment helpers (seeds summary, plots, results files, the index)."""
+
+import os
+import shutil
+
+import pytest
 
 from experiments import common
+from experiments import report
 
 
 def _row(series, x, mean):
@@ -20,3 +26,52 @@ def test_errorbar_plot_numeric_x_is_used_as_is(tmp_path):
   rows = [_row('', 1, 0.5), _row('', 4, 0.6)]
   positions = common.errorbar_plot(rows, x='x', metric='acc', path=str(tmp_path / 'p.png'))
   assert positions == {'': [1, 4]}
+
+
+# ------------------------------------------------------------ regenerated from records
+
+def test_committed_index_is_what_the_generator_writes():
+  """experiments/README.md is generated (`python -m experiments.report --index`): no drift."""
+  with open(report.README) as f:
+    committed = f.read()
+  assert committed == report.index_text(), (
+      'experiments/README.md is stale: run `make experiments-report` (or '
+      '`python -m experiments.report --index`).')
+
+
+def test_index_lists_every_results_dir_with_the_expected_files(tmp_path):
+  for name, finding in (('a', 'A beats B.'), ('b_quick', 'smoke')):
+    out = tmp_path / name
+    out.mkdir()
+    common.write_results(name, [{'x': 1}], ['x'], title=f'T {name}', finding=finding,
+                         verdict='no significant difference', command='cmd', out_dir=str(out),
+                         dataset='MNIST-1D', seeds=(0, 1))
+    common.save_records([{'seed': 0}, {'seed': 1}], str(out / 'records.json'))
+  (tmp_path / 'c').mkdir()  # no results.md: not listed
+  common.save_records([{'seed': 0}], str(tmp_path / 'c' / 'records.json'))
+  # A results dir written by other code, with only the finding and verdict lines: seeds and
+  # data come from its records.
+  (tmp_path / 'd').mkdir()
+  (tmp_path / 'd' / 'results.md').write_text(
+      '# D\n\n**Finding tested:** D helps.\n\n**Verdict on our data:** better.\n')
+  common.save_records([{'seed': 3, 'dataset': 'digits'}], str(tmp_path / 'd' / 'records.json'))
+  text = report.index_text(str(tmp_path))
+  assert '| [a](#a) | T a | MNIST-1D | 0, 1 |' in text
+  assert ('### a\n\n[T a](results/a/results.md)\n\n- **Command:** `cmd`\n'
+          '- **Finding tested:** A beats B.\n- **Data:** MNIST-1D; **seeds:** 0, 1\n'
+          '- **Verdict (generated):** no significant difference\n') in text
+  assert '| [d](#d) | D | digits | 3 |' in text and '- **Verdict (generated):** better.' in text
+  assert '- **Command:** —' in text
+  assert 'b_quick' not in text and 'results/c/' not in text
+
+
+@pytest.mark.parametrize('name', ['weight_distillation', 'one'])
+def test_committed_results_regenerate_from_records(name, tmp_path):
+  """A committed results.md is exactly what its report() writes from records.json + setup.json."""
+  src = os.path.join(common.RESULTS, name)
+  for f in ('records.json', 'setup.json'):
+    shutil.copy(os.path.join(src, f), tmp_path / f)
+  report.regenerate('.', root=str(tmp_path))
+  for f in ('results.md', 'results.csv'):
+    with open(os.path.join(src, f)) as a:
+      assert (tmp_path / f).read_text() == a.read(), f

@@ -3,16 +3,15 @@
 Modes:
 
 * ``default``: MNIST-1D, a ladder of 1D CNNs of decreasing width
-  (64 → 32 → 16 → 8 → 4 channels), students cnn8 and cnn4 (about 6 minutes on
-  2 cores).
-* ``digits``: scikit-learn digits (8×8×1, 1437 train / 360 test) with TAKD's
+  (64 → 32 → 16 → 8 → 4 channels), students cnn8 and cnn4.
+* ``digits``: scikit-learn digits (8×8×1) with TAKD's
   plain-CNN ladder, depth 10 → 8 → 6 → 4 → 2 (Mirzadeh et al. 2020, §4: the
   CIFAR plain-CNN ladder), extended by a 2-layer CNN of width 2 (``plain2w2``).
-  On digits the paper's depth-2 student is as accurate as the depth-10 teacher
-  (no gap, ~99% both), so TAKD's premise only holds for the narrow student
-  (~78% from scratch). Students plain2 and plain2w2 (about 14 minutes on 2
-  shared cores from a cold start; a persistent XLA compilation cache makes
-  seeds 1 and 2 and re-runs cheaper, about 6 minutes when warm).
+  On digits the paper's depth-2 student is about as accurate as the depth-10
+  teacher (no gap; the gap is in ``results/takd_digits/``), so TAKD's premise
+  only holds for the narrow student. Students plain2 and plain2w2; a
+  persistent XLA compilation cache makes seeds after the first and re-runs
+  cheaper.
 * ``digits_resnet``: digits with the CIFAR ResNet ladder resnet32 → resnet20 →
   resnet14 → resnet8 (reduced steps). Not run for the committed results (over
   the CPU budget; see ``experiments/results/takd_digits/results.md``);
@@ -98,19 +97,15 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
         'gap) holds only for a much smaller student. Its paths run through plain2 as the last '
         'assistant.\n\n'
         'Cost: XLA executables are cached in `runs/jax_cache` (`config.compilation_cache`), so '
-        'only the first seed compiles. From an empty workdir and an empty cache the run took '
-        '832 s on 2 shared CPU cores (load ≈ 6; seed 0, mostly compilation, ~450 s; seeds 1 '
-        'and 2 ~160 s each); from an empty workdir with the cache warm, 353 s (load ≈ 2), and '
-        'every record came out bitwise equal to the first run\'s.\n\n'
+        'only the first seed compiles.\n\n'
         'ResNet ladder: the `digits_resnet` mode (resnet32 → resnet20 → resnet14 → resnet8) '
-        'was not run for these results: the plain-CNN ladder already spends the budget '
-        '(~12 minutes on 2 cores), and on digits resnet8 is as near the ceiling as plain2 (from '
-        'scratch with this setup, 300 steps: 99.4% in each of seeds 0–2, a separate check not '
-        'recorded here). The library path on that ladder is checked by '
+        'was not run for these results: the plain-CNN ladder already spends the CPU budget, '
+        'and on digits resnet8 is about as near the ceiling as plain2 (an unrecorded check, '
+        'so no number is given). The library path on that ladder is checked by '
         '`tests/schemes/test_chain.py::test_a_chain_on_the_resnet_ladder_on_digits` (its last '
-        'link resnet14 → resnet8, 2 steps each, ~25 s: a BatchNorm teacher restored from its '
+        'link resnet14 → resnet8, 2 steps each: a BatchNorm teacher restored from its '
         'checkpoint) and by a test that builds all four ResNets of the mode on 8×8 inputs.')
-    c.teacher_steps = 400     # ~18 epochs; plain10 reaches ~99%
+    c.teacher_steps = 400     # ~18 epochs
     c.student_steps = 300     # ~13 epochs
   elif mode == 'digits_resnet':
     c.ladder = tuple((f'resnet{d}', f'resnet{d}', {}) for d in (32, 20, 14, 8))
