@@ -62,6 +62,15 @@ def load_data(config):
   raise ValueError(f'Unknown takd dataset {dataset!r}; use one of {sorted(DATASETS)}.')
 
 
+def verdict_of(diffs: np.ndarray) -> str:
+  """The verdict of one paired comparison on its own (paired t, no multiplicity correction).
+
+  Kept for code written against the old helper; a results table should put all of
+  its comparisons through :func:`experiments.stats.compare` (Holm-corrected).
+  """
+  return stats.compare({'': np.asarray(diffs, np.float64)})[0].verdict
+
+
 def _plot_paths(rows, students, path, dataset='MNIST-1D'):
   """Student accuracy (mean ± std) by assistants, one panel per student, scratch dashed."""
   import matplotlib  # pylint: disable=g-import-not-at-top

@@ -65,7 +65,7 @@ def test_index_lists_every_results_dir_with_the_expected_files(tmp_path):
   assert 'b_quick' not in text and 'results/c/' not in text
 
 
-@pytest.mark.parametrize('name', ['weight_distillation', 'one'])
+@pytest.mark.parametrize('name', report.regenerable())
 def test_committed_results_regenerate_from_records(name, tmp_path):
   """A committed results.md is exactly what its report() writes from records.json + setup.json."""
   src = os.path.join(common.RESULTS, name)
