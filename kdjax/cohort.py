@@ -41,15 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kdjax import _update
 from kdjax import losses
+from kdjax._update import batch_mean
 from kdjax.losses import _checks
 from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import init_variables
-from kdjax.state import select
 from kdjax.state import TrainState
-from kdjax.steps import all_finite
-from kdjax.steps import batch_mean
-from kdjax.steps import pmean_model_state
 
 
 Peers = Union[TrainState, tuple]
@@ -431,15 +429,12 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
     unroll = unroll_peers and cohort.stacked
     peers = tuple(unstack(cohort.peers)) if unroll else cohort.peers
     stacked = isinstance(peers, TrainState)
-    x, labels, mask = batch['x'], jnp.asarray(batch['label']), batch.get('mask')
+    x = batch['x']
     axis = _PeerAxis(cohort.num_peers, peer_axis_name)
     rng = jax.random.fold_in(rng, cohort.step)
     keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(axis.ids())  # by global peer index
     if not stacked:
       keys = tuple(keys[k] for k in range(axis.local))
-
-    def mean(values):  # [local, B] -> [local]: this shard's share of the exact means
-      return jax.vmap(lambda v: batch_mean(v, mask, axis_name))(values)
 
     def loss_fn(trainables):
       def forward(peer, trainable, key):
@@ -453,6 +448,8 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
       else:
         logits, model_states = jnp.stack([o[0] for o in outs]), tuple(o[1] for o in outs)
       logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # [local, B, C]
+      clean, label_metrics = _update.clean_labels(batch, logits.shape[-1], axis_name=axis_name)
+      labels, mask = clean['label'], clean['mask']
       targets = axis.gather(jax.lax.stop_gradient(logits))  # [K, B, C], constants
       ce = losses.cross_entropy(logits, jnp.broadcast_to(labels, logits.shape[:-1]), **ce_kwargs)
       if axis.total > 1:
@@ -463,21 +460,30 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
         kl = jax.lax.dynamic_slice_in_dim(kl, axis.offset, axis.local, 0)
       else:
         kl = jnp.zeros_like(ce)
+
+      def mean(values):  # [local, B] -> [local]: this shard's share of the exact means
+        return jax.vmap(lambda v: batch_mean(v, mask, axis_name))(values)
+
       ce, kl = mean(ce), mean(kl)
       per_peer = ce_weight * ce + kl_weight * kl
-      return jnp.sum(per_peer), (per_peer, ce, kl, logits, targets, model_states)
+      return per_peer, (ce, kl, logits, targets, model_states, clean, label_metrics)
 
     trainables = peers.trainable if stacked else tuple(p.trainable for p in peers)
-    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainables)
-    per_peer, ce, kl, logits, targets, model_states = aux
-    grads, per_peer, ce, kl = psum(grads), psum(per_peer), psum(ce), psum(kl)
-    model_states = pmean_model_state(model_states, axis_name)
+    per_peer, aux, grads = _update.value_and_grads(loss_fn, trainables, axis_name=axis_name)
+    ce, kl, logits, targets, model_states, clean, label_metrics = aux
+    labels, mask = clean['label'], clean['mask']
+    ce, kl = psum(ce), psum(kl)
 
-    new_peers = _map(lambda p, g, ms: p.apply_gradients(g, model_state=ms), stacked,
-                     peers, grads, model_states)
-    finite = _vector(_map(lambda l, g: all_finite((l, g)), stacked, per_peer, grads), stacked)
+    def apply(peer, g, loss, model_state):
+      return _update.apply_guarded(peer, g, loss, model_state, axis_name=axis_name,
+                                   skip_nonfinite=skip_nonfinite)
+
+    if stacked:
+      new_peers, finite = _map(apply, True, peers, grads, per_peer, model_states)
+    else:
+      pairs = _map(apply, False, peers, grads, tuple(per_peer), model_states)
+      new_peers, finite = tuple(p for p, _ in pairs), jnp.stack([f for _, f in pairs])
     if skip_nonfinite:
-      new_peers = _map(select, stacked, finite, new_peers, peers)
       num_updated = jnp.sum(finite.astype(jnp.int32))
       if peer_axis_name is not None:
         num_updated = jax.lax.psum(num_updated, peer_axis_name)
@@ -488,7 +494,7 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
                                 peers=stack(new_peers) if unroll else new_peers)
 
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)  # [local, B]
-    accuracy = psum(mean(correct))
+    accuracy = psum(jax.vmap(lambda v: batch_mean(v, mask, axis_name))(correct))
     grad_norm = _vector(_map(optax.tree.norm, stacked, grads), stacked)
     skipped = 1 - finite.astype(jnp.int32)
     vectors = {'loss': per_peer, 'ce': ce, 'kl': kl, 'accuracy': accuracy,
@@ -500,6 +506,7 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
         'kl': jnp.mean(vectors['kl']), 'accuracy': jnp.mean(vectors['accuracy']),
         'ensemble_accuracy': axis.from_first(psum(batch_mean(ens_correct, mask, axis_name))),
         'skipped': jnp.sum(vectors['skipped']),
+        **axis.from_first(label_metrics),
     }
     if per_peer_metrics:
       for name, v in vectors.items():

@@ -38,17 +38,14 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from kdjax import _update
 from kdjax import losses
+from kdjax._update import batch_mean
 from kdjax.losses import _checks
 from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import ModelOutput
-from kdjax.state import select
 from kdjax.state import TrainState
-from kdjax.steps import all_finite
-from kdjax.steps import batch_mean
-from kdjax.steps import pmean_model_state
 
 
 ONE_FEATURE = 'branch_logits'
@@ -318,41 +315,34 @@ def _online_step(objective: Callable[[ModelOutput, jax.Array], Mapping[str, jax.
                  axis_name: Optional[str], skip_nonfinite: bool):
   """A train step whose loss is ``Σ parts`` of ``objective(out, labels)`` (per example)."""
 
-  def psum(x):
-    return x if axis_name is None else jax.lax.psum(x, axis_name)
-
   def step(state: TrainState, teacher_variables, batch, rng):
     del teacher_variables  # Online distillation: the teacher is the model itself.
     if 'label' not in batch:
       raise ValueError(f'{who} needs labels, but the batch has no "label" key.')
-    x, labels, mask = batch['x'], batch['label'], batch.get('mask')
-    rng = jax.random.fold_in(rng, state.step)
+    x = batch['x']
 
-    def loss_fn(trainable):
+    def loss_fn(trainable, key):
       out = state.apply_fn({'params': trainable['params'], **state.model_state}, x,
-                           train=True, rngs={'dropout': rng})
-      parts = {k: batch_mean(v, mask, axis_name) for k, v in objective(out, labels).items()}
-      return sum(parts.values()), (out, parts)
+                           train=True, rngs={'dropout': key})
+      clean, label_metrics = _update.clean_labels(batch, out.logits.shape[-1],
+                                                  axis_name=axis_name)
+      mask = clean['mask']
+      parts = {k: batch_mean(v, mask, axis_name)
+               for k, v in objective(out, clean['label']).items()}
+      heads = jax.lax.stop_gradient(_feature(out, head_key, who))
+      return sum(parts.values()), (out.model_state, parts, (out.logits, heads, clean,
+                                                            label_metrics))
 
-    (loss, (out, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
-    grads, loss, parts = psum(grads), psum(loss), psum(parts)
-    new_state = state.apply_gradients(
-        grads, model_state=pmean_model_state(out.model_state, axis_name))
-    finite = all_finite((loss, grads))
-    if skip_nonfinite:
-      new_state = select(finite, new_state, state)
-
-    metrics = {'loss': loss, **{f'loss/{k}': v for k, v in parts.items()}}
-    logits = jax.lax.stop_gradient(out.logits)
-    metrics['accuracy'] = psum(batch_mean(
-        (jnp.argmax(logits, -1) == labels).astype(jnp.float32), mask, axis_name))
-    heads = jax.lax.stop_gradient(_feature(out, head_key, who))
-    correct = (jnp.argmax(heads, -1) == labels).astype(jnp.float32)
-    head_acc = psum(jax.vmap(lambda c: batch_mean(c, mask, axis_name))(correct))
+    new_state, info, metrics = _update.update(
+        state, loss_fn, rng, axis_name=axis_name, skip_nonfinite=skip_nonfinite)
+    _, (logits, heads, clean, label_metrics) = info.aux
+    metrics.update(label_metrics)
+    metrics.update(_update.accuracy_metrics(logits, clean, axis_name=axis_name))
+    correct = (jnp.argmax(heads, -1) == clean['label']).astype(jnp.float32)
+    head_acc = _update.psum(
+        jax.vmap(lambda c: batch_mean(c, clean['mask'], axis_name))(correct), axis_name)
     for k in range(heads.shape[0]):
       metrics[f'accuracy/{head_prefix}{k + head_start}'] = head_acc[k]
-    metrics['grad_norm'] = optax.tree.norm(grads)
-    metrics['skipped'] = 1 - finite.astype(jnp.int32)
     return new_state, metrics
 
   return step

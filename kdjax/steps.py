@@ -21,14 +21,16 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
+from kdjax import _update
 from kdjax import losses
+from kdjax._update import all_finite  # noqa: F401 (re-exported)
+from kdjax._update import batch_mean
+from kdjax._update import pmean_model_state  # noqa: F401 (re-exported)
 from kdjax.losses import _checks
 from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import ForwardFn
 from kdjax.models._wrap import ModelOutput
-from kdjax.state import select
 from kdjax.state import TrainState
 
 
@@ -174,78 +176,6 @@ def _pick(output: ModelOutput, key: str, who: str) -> jax.Array:
   return output.features[key]
 
 
-def batch_mean(values: jax.Array, mask: Optional[jax.Array] = None,
-               axis_name: Optional[str] = None) -> jax.Array:
-  """This shard's share of the exact global mean of a per-example loss.
-
-  Returns ``sum(values * mask) / global_count``, where ``global_count`` is the
-  number of valid examples summed over ``axis_name``; summing the result over
-  the devices (``psum``) gives the exact mean over the global batch, however
-  the padding is spread over the shards. A rank-0 (batch-level) value is
-  divided by the number of shards instead.
-
-  Args:
-    values: ``[B, ...]`` per-example values (trailing axes are averaged) or a
-      scalar.
-    mask: optional ``[B]`` boolean mask of valid (non-padding) examples.
-    axis_name: the device axis under ``jax.pmap`` / ``jax.shard_map``, or
-      ``None`` on one device.
-
-  Returns:
-    A scalar.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> batch_mean(jnp.array([1.0, 2.0, 6.0]), jnp.array([True, True, False]))
-    Array(1.5, dtype=float32)
-  """
-  if values.ndim == 0:  # batch-level loss: the mean over shards
-    count = 1.0 if axis_name is None else jax.lax.psum(1.0, axis_name)
-    return values / count
-  per_example = values.reshape(values.shape[0], -1).mean(axis=1)
-  if mask is None:
-    mask = jnp.ones(per_example.shape, bool)
-  count = jnp.sum(mask).astype(per_example.dtype)
-  if axis_name is not None:
-    count = jax.lax.psum(count, axis_name)
-  return jnp.sum(jnp.where(mask, per_example, 0.0)) / jnp.maximum(count, 1.0)
-
-
-def all_finite(tree: Any) -> jax.Array:
-  """Whether every element of every leaf of ``tree`` is finite, as a boolean scalar.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> bool(all_finite({'a': jnp.ones(2), 'b': (jnp.array(jnp.nan),)}))
-    False
-    >>> bool(all_finite({}))
-    True
-  """
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
-def pmean_model_state(model_state: Any, axis_name: Optional[str]) -> Any:
-  """Averages the floating leaves (e.g. BatchNorm statistics) over a device axis.
-
-  Data-parallel replicas see different batch shards, so their running
-  statistics differ; averaging keeps the replicas identical. Integer leaves
-  (counters) are left as they are. With ``axis_name=None`` this is the identity.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp
-    >>> stats = {'mean': jnp.array([[0.0], [2.0]]), 'count': jnp.array([1, 1])}
-    >>> jax.vmap(lambda s: pmean_model_state(s, 'd'), axis_name='d')(stats)['mean']
-    Array([[1.],
-           [1.]], dtype=float32)
-  """
-  if axis_name is None:
-    return model_state
-  return jax.tree.map(
-      lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.inexact) else v,
-      model_state)
-
-
 def _weight(weight: Weight, step: jax.Array) -> jax.Array:
   return weight(step) if callable(weight) else jnp.asarray(weight, jnp.float32)
 
@@ -325,7 +255,8 @@ def init_adapters(terms: Sequence[Term], student_output: ModelOutput, rng: jax.A
 
 
 def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
-                      axis_name: Optional[str] = None, skip_nonfinite: bool = True):
+                      axis_name: Optional[str] = None, skip_nonfinite: bool = True,
+                      teacher_metrics: bool = True):
   """Builds the pure distillation step.
 
   Args:
@@ -341,15 +272,24 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
     skip_nonfinite: if the loss or any gradient is non-finite, keep the old
       state (parameters, optimizer state and step) and report
       ``metrics['skipped'] = 1``.
+    teacher_metrics: report each teacher's ``agreement/<name>`` and
+      ``kl/<name>`` (two cheap reductions over the logits; turn off to save
+      them for very many classes).
 
   Returns:
     ``step(state, teacher_variables, batch, rng) -> (state, metrics)`` where
     ``teacher_variables`` is one teacher's variables (single teacher), a dict
     of them by name, or ``None``; ``batch`` has ``'x'`` and optionally
     ``'label'`` and a boolean ``'mask'``; ``metrics`` is a flat dict of
-    scalars: ``loss``, ``loss/<term>``, and with labels ``ce`` and
-    ``accuracy``, per teacher ``agreement/<name>`` (top-1) and ``kl/<name>``
-    (τ=1), plus ``grad_norm`` and ``skipped``.
+    scalars: ``loss``, ``loss/<term>``, and with labels ``ce``,
+    ``accuracy``, ``invalid_labels`` and ``invalid_label``, per teacher
+    ``agreement/<name>`` (top-1) and ``kl/<name>`` (τ=1), plus ``grad_norm``
+    and ``skipped``.
+
+    Labels outside ``[0, C)`` (``C`` the student's classes) cannot raise
+    inside ``jit``: their rows are excluded from every mean, counted in
+    ``invalid_labels`` (one offending value in ``invalid_label``), and
+    :func:`kdjax.train.fit` stops with an error naming the step.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -368,9 +308,6 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
   teacher_fns, single = _normalise_teachers(teachers)
   objective = make_objective(terms, list(teacher_fns), axis_name=axis_name)
 
-  def psum(x):
-    return x if axis_name is None else jax.lax.psum(x, axis_name)
-
   def step(state: TrainState, teacher_variables, batch, rng):
     if teacher_fns and teacher_variables is None:
       raise ValueError('`teacher_variables` is None, but the step was built with teachers.')
@@ -379,41 +316,39 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
     teacher_outs = {
         name: jax.lax.stop_gradient(fn(tvars[name], x, train=False))
         for name, fn in teacher_fns.items()}
-    rng = jax.random.fold_in(rng, state.step)
 
-    def loss_fn(trainable):
+    def loss_fn(trainable, key):
       out = state.apply_fn({'params': trainable['params'], **state.model_state}, x,
-                           train=True, rngs={'dropout': rng})
-      loss, parts = objective(out, teacher_outs, trainable['aux'], batch, state.step)
-      return loss, (out, parts)
+                           train=True, rngs={'dropout': key})
+      clean, label_metrics = _update.clean_labels(batch, out.logits.shape[-1],
+                                                  axis_name=axis_name)
+      loss, parts = objective(out, teacher_outs, trainable['aux'], clean, state.step)
+      return loss, (out.model_state, parts, (out.logits, clean, label_metrics))
 
-    (loss, (out, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
-    grads, loss, parts = psum(grads), psum(loss), psum(parts)
-    new_state = state.apply_gradients(
-        grads, model_state=pmean_model_state(out.model_state, axis_name))
-    finite = all_finite((loss, grads))
-    if skip_nonfinite:
-      new_state = select(finite, new_state, state)
-
-    mask = batch.get('mask')
-    metrics = {'loss': loss, **{f'loss/{k}': v for k, v in parts.items()}}
-    logits = jax.lax.stop_gradient(out.logits)
-    pred = jnp.argmax(logits, axis=-1)
-    if 'label' in batch:
-      metrics['ce'] = psum(batch_mean(
-          losses.cross_entropy(logits, batch['label']), mask, axis_name))
-      metrics['accuracy'] = psum(batch_mean(
-          (pred == batch['label']).astype(jnp.float32), mask, axis_name))
-    for name, t_out in teacher_outs.items():
-      metrics[f'agreement/{name}'] = psum(batch_mean(
-          (pred == jnp.argmax(t_out.logits, -1)).astype(jnp.float32), mask, axis_name))
-      metrics[f'kl/{name}'] = psum(batch_mean(
-          losses.kl_distillation(logits, t_out.logits), mask, axis_name))
-    metrics['grad_norm'] = optax.tree.norm(grads)
-    metrics['skipped'] = 1 - finite.astype(jnp.int32)
+    new_state, info, metrics = _update.update(
+        state, loss_fn, rng, axis_name=axis_name, skip_nonfinite=skip_nonfinite)
+    _, (logits, clean, label_metrics) = info.aux
+    metrics.update(label_metrics)
+    metrics.update(_update.accuracy_metrics(logits, clean, axis_name=axis_name,
+                                            cross_entropy=losses.cross_entropy))
+    if teacher_metrics:
+      metrics.update(_teacher_metrics(logits, teacher_outs, clean.get('mask'), axis_name))
     return new_state, metrics
 
   return step
+
+
+def _teacher_metrics(logits, teacher_outs, mask, axis_name) -> dict:
+  """Per teacher: top-1 ``agreement/<name>`` and ``kl/<name>`` (τ = 1)."""
+  logits = jax.lax.stop_gradient(logits)
+  pred = jnp.argmax(logits, axis=-1)
+  metrics = {}
+  for name, t_out in teacher_outs.items():
+    metrics[f'agreement/{name}'] = _update.psum(batch_mean(
+        (pred == jnp.argmax(t_out.logits, -1)).astype(jnp.float32), mask, axis_name), axis_name)
+    metrics[f'kl/{name}'] = _update.psum(batch_mean(
+        losses.kl_distillation(logits, t_out.logits), mask, axis_name), axis_name)
+  return metrics
 
 
 def make_train_step(*, label_smoothing: float = 0.0, axis_name: Optional[str] = None,

@@ -191,7 +191,8 @@ def test_stacked_step_matches_float64_dml_reference():
   step = jax.jit(co.make_cohort_step(temperature=tau, ce_weight=ce_w, kl_weight=kl_w,
                                      per_peer_metrics=False))
   new2, summary = step(cohort, batch, jax.random.key(0))
-  assert sorted(summary) == ['accuracy', 'ce', 'ensemble_accuracy', 'kl', 'loss', 'skipped']
+  assert sorted(summary) == ['accuracy', 'ce', 'ensemble_accuracy', 'invalid_label',
+                             'invalid_labels', 'kl', 'loss', 'skipped']
   chex.assert_trees_all_close(new2.peers.params, new.peers.params, rtol=1e-6)
   chex.assert_trees_all_close(summary, {k: metrics[k] for k in summary}, rtol=1e-6)
 
@@ -354,12 +355,16 @@ def test_nonfinite_guard_is_per_peer():
   np.testing.assert_allclose(new.peer(0).params['w'], w[0] - LR * x.T @ grad[0],
                              rtol=1e-5, atol=1e-6)
 
-  # A corrupt label makes every peer's loss NaN: nothing changes, step stays.
+  # A corrupt label is excluded and counted: the same update as with its row masked.
   bad = dict(batch, label=batch['label'].copy())
   bad['label'][0] = C
   new2, metrics2 = step(cohort, bad, jax.random.key(0))
-  assert int(metrics2['skipped']) == 2 and int(new2.step) == 0
-  chex.assert_trees_all_equal(new2.peers, cohort.peers)
+  assert int(metrics2['invalid_labels']) == 1 and int(metrics2['invalid_label']) == C
+  rows = np.arange(len(batch['label']))
+  masked = dict(batch, label=np.where(rows == 0, 0, batch['label']), mask=rows != 0)
+  new3, metrics3 = step(cohort, masked, jax.random.key(0))
+  chex.assert_trees_all_close(new2.peers, new3.peers, rtol=1e-6, atol=1e-7)
+  assert int(metrics3['invalid_labels']) == 0
 
 
 def test_batchnorm_statistics_and_unroll_peers_equal_vmap():

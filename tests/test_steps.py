@@ -129,13 +129,20 @@ def test_nonfinite_update_is_skipped_and_reported(student, teacher):
   assert int(new.step) == 0
 
 
-def test_out_of_range_labels_skip_the_update(student):
+def test_out_of_range_labels_are_excluded_and_counted(student):
   step = jax.jit(steps.make_train_step())
   batch = _batch()
-  batch['label'][0] = C  # out of range
+  batch['label'][0], batch['label'][2] = C, -1  # out of range
   new, m = step(student, None, batch, jax.random.key(0))
-  assert int(m['skipped']) == 1
-  chex.assert_trees_all_equal(new.params, student.params)
+  assert int(m['invalid_labels']) == 2 and int(m['invalid_label']) == C
+  assert int(m['skipped']) == 0
+  # The same update as with the two rows masked out.
+  masked = dict(batch, label=np.where(batch['label'] < 0, 0, batch['label'] % C),
+                mask=np.array([i not in (0, 2) for i in range(len(batch['label']))]))
+  ref, m_ref = step(student, None, masked, jax.random.key(0))
+  chex.assert_trees_all_close(new.params, ref.params, rtol=1e-6, atol=1e-7)
+  assert int(m_ref['invalid_labels']) == 0
+  np.testing.assert_allclose(float(m['loss']), float(m_ref['loss']), rtol=1e-6)
 
 
 def test_mismatched_logit_shapes_name_the_arguments(student):

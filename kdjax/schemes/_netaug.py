@@ -45,17 +45,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
+from kdjax import _update
 from kdjax import losses
+from kdjax._update import batch_mean
 from kdjax.models import _utils
 from kdjax.models._cnn1d import CNN1D
 from kdjax.models._mlp import MLP
 from kdjax.models._wrap import linen_forward
-from kdjax.state import select
 from kdjax.state import TrainState
-from kdjax.steps import all_finite
-from kdjax.steps import batch_mean
 
 
 Weight = Union[float, Callable[[jax.Array], jax.Array]]
@@ -531,7 +529,7 @@ def augment_multipliers(factor: float = 3.0, diversity: int = 2) -> tuple[float,
 def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
                      alpha: Weight = 1.0, label_smoothing: float = 0.0,
                      sampling: str = 'switch', skip_nonfinite: bool = True,
-                     donate: bool = False):
+                     donate: bool = False, axis_name: Optional[str] = None):
   """Builds the NetAug train step ``L(W_base) + α·L([W_base, W_aug])``.
 
   ``L`` is the cross-entropy on the labels. Each step samples one augmented
@@ -577,6 +575,9 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
       non-finite and report ``skipped = 1``.
     donate: with ``sampling='host'``, donate the state's buffers to the
       per-width steps (the caller must not reuse the input state).
+    axis_name: the data-parallel device axis under ``jax.pmap`` /
+      ``jax.shard_map`` (exact global means, summed gradients); every device
+      samples the same width, since the key depends on ``(rng, step)`` only.
 
   Returns:
     ``step(state, teacher_variables, batch, rng) -> (state, metrics)``;
@@ -619,10 +620,10 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
 
   def ce(logits, batch):
     per_example = losses.cross_entropy(logits, batch['label'], label_smoothing=label_smoothing)
-    return batch_mean(per_example, batch.get('mask'))
+    return batch_mean(per_example, batch['mask'], axis_name)
 
-  def keys(rng, step):
-    pick_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, step))
+  def split(key):
+    pick_rng, dropout_rng = jax.random.split(key)
     return jax.random.randint(pick_rng, (), 0, len(multipliers)), dropout_rng
 
   def aug_branch(fn, x, batch, dropout_rng):
@@ -634,44 +635,34 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
   def update(state: TrainState, batch, rng, index=None):
     """One update; ``index=None`` switches on the sampled index, an int fixes the width."""
     x = batch['x']
-    sampled, dropout_rng = keys(rng, state.step)
     weight = alpha(state.step) if callable(alpha) else jnp.asarray(alpha, jnp.float32)
-    branches = [aug_branch(fn, x, batch, dropout_rng) for fn in aug_fns]
 
-    def loss_fn(params):
-      variables = {'params': params, **state.model_state}
+    def loss_fn(trainable, key):
+      sampled, dropout_rng = split(key)
+      variables = {'params': trainable['params'], **state.model_state}
       out = base_fn(variables, x, train=True, rngs={'dropout': dropout_rng})
-      loss_base = ce(out.logits, batch)
+      clean, label_metrics = _update.clean_labels(batch, out.logits.shape[-1],
+                                                  axis_name=axis_name)
+      branches = [aug_branch(fn, x, clean, dropout_rng) for fn in aug_fns]
+      loss_base = ce(out.logits, clean)
       if index is None:
         loss_aug, aug_logits = jax.lax.switch(sampled, branches, variables)
       else:
         loss_aug, aug_logits = branches[index](variables)
       total = loss_base + weight * loss_aug
-      return total, (out, loss_base, loss_aug, aug_logits)
+      return total, (out.model_state, {'base': loss_base, 'aug': loss_aug},
+                     (out.logits, aug_logits, sampled, clean, label_metrics))
 
-    (loss, (out, loss_base, loss_aug, aug_logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    grads = {'params': grads, 'aux': jax.tree.map(jnp.zeros_like, state.aux_params)}
-    new_state = state.apply_gradients(grads, model_state=out.model_state)
-    finite = all_finite((loss, grads))
-    if skip_nonfinite:
-      new_state = select(finite, new_state, state)
-
-    mask = batch.get('mask')
-    labels = batch['label']
-    base_logits = jax.lax.stop_gradient(out.logits)
-    aug_logits = jax.lax.stop_gradient(aug_logits)
-    multiplier = (jnp.asarray(multipliers, jnp.float32)[sampled] if index is None
-                  else jnp.asarray(multipliers[index], jnp.float32))
-    metrics = {
-        'loss': loss, 'loss/base': loss_base, 'loss/aug': loss_aug,
-        'ce': batch_mean(losses.cross_entropy(base_logits, labels), mask, None),
-        'accuracy': batch_mean((base_logits.argmax(-1) == labels).astype(jnp.float32), mask),
-        'accuracy/aug': batch_mean((aug_logits.argmax(-1) == labels).astype(jnp.float32), mask),
-        'multiplier': multiplier,
-        'grad_norm': optax.tree.norm(grads),
-        'skipped': 1 - finite.astype(jnp.int32),
-    }
+    new_state, info, metrics = _update.update(
+        state, loss_fn, rng, axis_name=axis_name, skip_nonfinite=skip_nonfinite)
+    _, (base_logits, aug_logits, sampled, clean, label_metrics) = info.aux
+    metrics.update(label_metrics)
+    metrics.update(_update.accuracy_metrics(base_logits, clean, axis_name=axis_name,
+                                            cross_entropy=losses.cross_entropy))
+    metrics['accuracy/aug'] = _update.accuracy_metrics(
+        aug_logits, clean, axis_name=axis_name)['accuracy']
+    metrics['multiplier'] = (jnp.asarray(multipliers, jnp.float32)[sampled] if index is None
+                             else jnp.asarray(multipliers[index], jnp.float32))
     return new_state, metrics
 
   if sampling == 'switch':
@@ -681,7 +672,7 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
 
     return step
 
-  pick = jax.jit(lambda rng, step: keys(rng, step)[0])
+  pick = jax.jit(lambda rng, step: split(jax.random.fold_in(rng, step))[0])
   donate_argnums = (0,) if donate else ()
   fixed = [jax.jit(functools.partial(update, index=i), donate_argnums=donate_argnums)
            for i in range(len(multipliers))]
