@@ -84,7 +84,7 @@ def train_loop(state, step_fn: Callable, train_src, *, num_steps: int, batch_siz
   state is checkpointed there, and a run whose checkpoint is complete is
   restored instead of retrained.
   """
-  data_iter = iter(kdata.make_pipeline(train_src, batch_size=batch_size, seed=seed))
+  data_iter = kdata.training_data(train_src, batch_size=batch_size, seed=seed)
   ckpt = None if workdir is None else checkpoint.Checkpointer(
       os.path.join(os.path.abspath(workdir), 'checkpoints'), max_to_keep=1)
   try:

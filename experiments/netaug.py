@@ -64,7 +64,7 @@ def fit_and_evaluate(state: TrainState, step_fn: Callable, *, train_src, eval_se
     ``(state, {'<set>_accuracy': ..., '<set>_loss': ...}, seconds)``.
   """
   t0 = time.perf_counter()
-  data_iter = iter(kdata.make_pipeline(train_src, batch_size=batch_size, seed=seed))
+  data_iter = kdata.training_data(train_src, batch_size=batch_size, seed=seed)
   ckpt = None
   if workdir is not None:
     ckpt = checkpoint.Checkpointer(os.path.join(os.path.abspath(workdir), 'checkpoints'),

@@ -102,6 +102,7 @@ def train_and_evaluate(
     log_every: int = 100,
     progress: bool = True,
     desc: str = 'train',
+    data_placement: str = 'auto',
 ) -> RunResult:
   """Trains ``model`` (from scratch or by distillation) and evaluates it.
 
@@ -136,6 +137,12 @@ def train_and_evaluate(
     log_every: training-metric logging period.
     progress: show a progress bar.
     desc: progress bar label.
+    data_placement: ``'device'`` puts the training source on the device
+      (:class:`kdjax.data.DeviceData`, batches gathered in the compiled
+      loop); ``'host'`` streams grain batches; ``'auto'`` picks the device
+      when there is no ``transform`` and the source takes at most a quarter
+      of the device memory (:func:`kdjax.data.fits_on_device`). Both give the
+      same batches, so the same parameters.
 
   Returns:
     A :class:`RunResult`.
@@ -160,7 +167,8 @@ def train_and_evaluate(
   pipeline = kdata.make_pipeline(train_data, batch_size=batch_size, seed=seed,
                                  transform=transform)
   sample = next(iter(pipeline))
-  data_iter = iter(pipeline)
+  data_iter = kdata.training_data(train_data, batch_size=batch_size, seed=seed,
+                                  transform=transform, placement=data_placement)
   init_rng, adapter_rng, step_rng = jax.random.split(jax.random.key(seed), 3)
   variables = models.init_variables(model, init_rng, sample['x'][:1])
   aux = steps.init_adapters(terms, forward(variables, sample['x'][:2], train=False), adapter_rng)

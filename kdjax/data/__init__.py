@@ -36,6 +36,10 @@ from kdjax.data._builders import near_duplicates
 from kdjax.data._pipeline import batches_per_epoch
 from kdjax.data._pipeline import epoch_order
 from kdjax.data._pipeline import make_pipeline
+# Device-resident data.
+from kdjax.data._resident import DeviceData
+from kdjax.data._resident import fits_on_device
+from kdjax.data._resident import training_data
 # Loading.
 from kdjax.data._sources import dataset_info
 from kdjax.data._sources import DatasetMeta

@@ -681,4 +681,5 @@ def make_netaug_step(model: NetAugModel, multipliers: Sequence[float], *,
     del teacher_variables  # NetAug has no teacher.
     return fixed[int(pick(rng, state.step))](state, batch, rng)
 
+  host_step.traceable = False  # kdjax.train.fit runs it one Python call per step
   return host_step
