@@ -28,6 +28,8 @@ test-fast: install
 
 bench: install
 	$(PY) -m experiments.bench.cohort
+	$(PY) -m experiments.bench.cache
+	$(PY) -m experiments.bench.train_loop
 
 # Tables, verdicts, plots and experiments/README.md from the committed records (no training).
 experiments-report: install

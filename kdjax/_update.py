@@ -213,13 +213,17 @@ def apply_guarded(state: Any, grads: Any, loss: jax.Array, model_state: Any, *,
       averaged over ``axis_name``.
     axis_name: data-parallel device axis, or ``None``.
     skip_nonfinite: keep the old state (parameters, optimizer state, step)
-      when ``loss`` or a gradient is not finite.
+      when ``loss`` or a gradient is not finite (or the gradient norm
+      overflows).
 
   Returns:
     ``(new_state, finite)``.
   """
   new_state = state.apply_gradients(grads, model_state=pmean_model_state(model_state, axis_name))
-  finite = all_finite((loss, grads))
+  # One fused reduction: the norm is non-finite iff a gradient is (or its
+  # square overflows float32, which is no usable update either); XLA shares it
+  # with the ``grad_norm`` metric.
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
   if skip_nonfinite:
     new_state = select(finite, new_state, state)
   return new_state, finite

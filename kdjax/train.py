@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -234,6 +235,7 @@ class _Prefetcher:
     self._thread.join()
 
 
+@functools.lru_cache(maxsize=64)
 def make_chunk_fn(step_fn: Callable, *, gather: Optional[Callable] = None,
                   donate: bool = True, batch_sharding: Any = None) -> Callable:
   """Compiles ``n`` steps of ``step_fn`` into one call with ``jax.lax.scan``.
@@ -251,7 +253,9 @@ def make_chunk_fn(step_fn: Callable, *, gather: Optional[Callable] = None,
   Returns:
     ``chunk(state, teacher_variables, xs, rng, arrays) -> (state, metrics)``,
     jitted; ``xs`` is ``[n, ...]`` stacked batches (or plan rows) and
-    ``metrics`` a dict of ``[n, ...]`` stacked step metrics.
+    ``metrics`` a dict of ``[n, ...]`` stacked step metrics. The same
+    arguments return the same function (cached), so calling :func:`fit` again
+    with the same step compiles nothing new.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -362,8 +366,10 @@ def fit(state: Any, step_fn: Callable, data: Any, *,
       consecutive skipped (non-finite) updates instead of spinning.
     steps_per_call: the longest chunk (default ``log_every``).
     compiled: run chunks with ``lax.scan``; ``False``: one Python call per
-      step; ``None``: compiled unless ``step_fn.traceable`` is False (a step
-      that decides on the host, e.g. NetAug's ``sampling='host'``).
+      step (of ``jax.jit(step_fn)``, or of ``step_fn`` itself when
+      ``step_fn.traceable`` is False); ``None``: compiled unless
+      ``step_fn.traceable`` is False (a step that decides on the host, e.g.
+      NetAug's ``sampling='host'``).
     donate: donate the state's buffers between chunks.
     mesh: data parallelism through ``jax.jit`` on a mesh: state and teacher
       are replicated, each batch is sharded on ``data_axis`` (build the step
@@ -445,6 +451,10 @@ def fit(state: Any, step_fn: Callable, data: Any, *,
                              donate=donate, batch_sharding=batch_sharding)
   else:
     gather = jax.jit(data.gather) if resident else None
+    if getattr(step_fn, 'traceable', True):
+      step_fn = jax.jit(step_fn, donate_argnums=(0,) if donate else ())
+    if mesh is None:
+      place = lambda chunk: chunk  # noqa: E731 (slice on the host; each step copies its batch)
 
     def chunk_fn(state, teacher_variables, xs, rng, arrays):
       per_step = []

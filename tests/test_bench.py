@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments.bench import _measure
@@ -34,3 +35,33 @@ def test_cohort_bench_row_for_one_model():
                            'device': 'cpu', 'cpu_count': 2, 'load_average_start': 0.0,
                            'load_average_end': 0.0})
   assert '| mlp | 2 | 8 |' in table
+
+
+@pytest.mark.slow
+def test_train_loop_bench_rows(data_dir):
+  from experiments.bench import train_loop
+  recipe = train_loop.bench_recipe(True, num_steps=4, steps_per_call=2, repeats=1,
+                                   student_hidden=(8,), data_dir=data_dir)
+  assert [r['variant'] for r in recipe['rows']] == list(train_loop.VARIANTS)
+  assert recipe['flops_per_step'] > 0
+  for r in recipe['rows']:
+    assert r['e2e_ms_per_step'] > 0 and r['marginal_ms_per_step'] > 0
+  floor = recipe['rows'][train_loop.VARIANTS.index('floor')]
+  assert floor['e2e_over_floor'] == floor['marginal_over_floor'] == 1.0
+  table = train_loop.markdown({'recipes': [recipe], 'matmul_peak_flop_per_s': 1e11,
+                               'jax': jax.__version__, 'device': 'cpu', 'cpu_count': 2,
+                               'load_average_start': 0.0, 'load_average_end': 0.0})
+  assert table.count('| KD cnn1d → mlp (N=4, batch 100) |') == 4
+
+
+def test_train_loop_floor_loss_matches_hinton_kd():
+  from experiments.bench import train_loop
+  from kdjax import losses
+  rng = np.random.default_rng(0)
+  s, t = rng.normal(size=(2, 5, 3)).astype(np.float32)
+  labels = np.array([0, 2, 1, 1, 0])
+  apply_fn = lambda v, x: x * v['params']  # noqa: E731
+  got = train_loop._floor_loss(apply_fn, 1.0, t, {'x': s, 'label': labels})
+  ce = -jax.nn.log_softmax(s)[np.arange(5), labels].mean()
+  kd = losses.kl_distillation(s, t, temperature=train_loop.TEMPERATURE).mean()  # τ² included
+  np.testing.assert_allclose(got, 0.1 * ce + 0.9 * kd, rtol=1e-5)

@@ -40,6 +40,9 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch, capsys):
   if 'teacher_variables' in namespace:  # the functional core
     assert 'loss/hint/embedding' in out and 'agreement/teacher' in out
     assert int(namespace['metrics']['skipped']) == 0
+  if 'batches' in namespace:  # the compiled loop on device-resident data
+    assert type(namespace['batches']).__name__ == 'DeviceData'
+    assert int(namespace['result'].state.step) == 30 and namespace['result'].chunks == 1
   if 'per_example' in namespace:
     assert namespace['per_example'].shape == (8,)
   if 'cohort_metrics' in namespace:

@@ -129,6 +129,18 @@ def test_nonfinite_update_is_skipped_and_reported(student, teacher):
   assert int(new.step) == 0
 
 
+def test_guard_skips_an_inf_gradient_and_an_overflowing_norm(student):
+  step = jax.jit(steps.make_train_step())
+  for scale in (np.inf, 1e30):  # 1e30 is finite, its square is not: no usable update
+    batch = _batch()
+    batch['x'] = (batch['x'] * scale).astype(np.float32)
+    new, m = step(student, None, batch, jax.random.key(0))
+    assert int(m['skipped']) == 1, scale
+    chex.assert_trees_all_equal(new.params, student.params)
+  _, m = step(student, None, _batch(), jax.random.key(0))
+  assert int(m['skipped']) == 0 and np.isfinite(float(m['grad_norm']))
+
+
 def test_out_of_range_labels_are_excluded_and_counted(student):
   step = jax.jit(steps.make_train_step())
   batch = _batch()

@@ -111,8 +111,9 @@ def test_a_chain_killed_inside_its_second_link_resumes_bitwise(
       done.append(1)
       return step_fn(*args)
 
-    # One Python call per step, so the kill lands mid-chunk; the resumed run
-    # uses the default compiled loop.
+    # One Python call per step (host side effects: not jitted), so the kill
+    # lands mid-chunk; the resumed run uses the default compiled loop.
+    step.traceable = False
     return fit(state, step, data_iter, compiled=False, **kwargs)
 
   args = dict(train_data=data[0], eval_data=data[1], workdir=tmp_path, names=['T', 'S'],

@@ -1,0 +1,215 @@
+"""Benchmark: end-to-end training loop speed, kdjax ``fit`` against a hand-written floor.
+
+For the demo's recipes on MNIST-1D (batch 100, Adam with cosine decay)
+
+* **KD**: a 1D-CNN teacher → MLP(100, 100) student with
+  ``0.1·CE + 0.9·τ²·KL`` (τ = 4);
+* **student alone**: the same MLP with cross-entropy only;
+
+it times, in the same process,
+
+1. **fit (device data)**: :func:`kdjax.train.fit` on a
+   :class:`kdjax.data.DeviceData` (the default for data that fit on the device);
+2. **fit (host pipeline)**: ``fit`` on the grain pipeline, chunks prefetched;
+3. **floor**: a minimal hand-written loop: a jitted ``lax.scan`` of a
+   hand-written ``value_and_grad`` + optax step over a device array of
+   pre-shuffled batches (no guard, no metrics beyond the loss, no logging);
+4. **Python loop**: ``fit(compiled=False)``, one jitted call per step, which is
+   how every earlier kdjax version drove training.
+
+Each variant runs ``2N`` steps from scratch once (**cold**: compilation
+included), then ``N`` and ``2N`` steps again in interleaved rounds, compiled
+functions cached (**warm**: ``T(2N) / 2N``, the best round; **marginal**:
+``(T(2N) − T(N)) / N``, in which set-up cancels but the noise of two timings
+adds up). The table reports all three, their ratios to the floor, and the
+achieved FLOP/s of a warm step (XLA's cost analysis of the floor's step)
+against the machine's float32 matmul peak measured in the same run.
+
+Run ``python -m experiments.bench.train_loop`` (``--quick`` for a short run);
+results go to ``experiments/results/bench_train_loop/bench.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.bench._measure import compiled_flops
+from experiments.bench._measure import machine
+from experiments.bench._measure import matmul_peak
+from experiments.bench._measure import write_report
+from kdjax import data as kdata
+from kdjax import models
+from kdjax import steps
+from kdjax.runs import default_optimizer
+from kdjax.state import TrainState
+from kdjax.train import fit
+
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results',
+                       'bench_train_loop')
+ALPHA, TEMPERATURE = 0.1, 4.0
+VARIANTS = ('fit (device data)', 'fit (host pipeline)', 'floor', 'Python loop')
+
+
+def _floor_loss(apply_fn, params, teacher_logits, batch):
+  """``α·CE + (1 − α)·τ²·KL(p_T^τ ‖ p_S^τ)`` written out (``α = 1``: CE only)."""
+  logits = apply_fn({'params': params}, batch['x'])
+  log_p = jax.nn.log_softmax(logits)
+  ce = -jnp.take_along_axis(log_p, batch['label'][:, None], axis=-1).mean()
+  if teacher_logits is None:
+    return ce
+  log_s = jax.nn.log_softmax(logits / TEMPERATURE)
+  log_t = jax.nn.log_softmax(teacher_logits / TEMPERATURE)
+  kl = (jnp.exp(log_t) * (log_t - log_s)).sum(-1).mean()
+  return ALPHA * ce + (1 - ALPHA) * TEMPERATURE**2 * kl
+
+
+def make_floor(apply_fn, tx, teacher_apply=None):
+  """The hand-written floor: ``run(params, opt_state, teacher, xs) -> (params, opt_state, loss)``.
+
+  ``xs`` holds the run's batches stacked on a leading step axis.
+  """
+
+  def one_step(carry, batch, teacher):
+    params, opt_state = carry
+    teacher_logits = None if teacher_apply is None else teacher_apply(teacher, batch['x'])
+    loss, grads = jax.value_and_grad(
+        lambda p: _floor_loss(apply_fn, p, teacher_logits, batch))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  @jax.jit
+  def run(params, opt_state, teacher, xs):
+    (params, opt_state), losses = jax.lax.scan(
+        lambda c, b: one_step(c, b, teacher), (params, opt_state), xs)
+    return params, opt_state, losses
+
+  return run, one_step
+
+
+def _stacked_batches(train, batch_size: int, num_steps: int) -> dict:
+  it = iter(kdata.make_pipeline(train, batch_size=batch_size, seed=0))
+  batches = [next(it) for _ in range(num_steps)]
+  return {k: np.stack([b[k] for b in batches]) for k in ('x', 'label')}
+
+
+def bench_recipe(kd: bool, *, num_steps: int, batch_size: int = 100,
+                 student_hidden=(100, 100), steps_per_call: int = 100,
+                 repeats: int = 2, data_dir=None) -> dict:
+  """Times the four variants of one recipe (KD or student alone).
+
+  Each variant runs ``2N`` steps once cold (compilation included: the
+  end-to-end time), then ``N`` and ``2N`` steps warm, best of ``repeats``
+  interleaved rounds (the marginal time per step).
+  """
+  train = kdata.load('mnist1d', 'train', data_dir=data_dir)
+  info = kdata.dataset_info('mnist1d')
+  student = models.create('mlp', info.num_classes, hidden=tuple(student_hidden))
+  x0 = np.asarray(train[0]['x'])[None]
+  s_vars = models.init_variables(student, jax.random.key(2), x0)
+  tx = default_optimizer(3e-3, 2 * num_steps)
+  state = TrainState.create(apply_fn=models.as_forward(student), variables=s_vars, tx=tx)
+  if kd:
+    teacher = models.create('cnn1d', info.num_classes)
+    t_vars = models.init_variables(teacher, jax.random.key(1), x0)
+    step = steps.make_distill_step(
+        (steps.task_ce(ALPHA), steps.soft_kd(1 - ALPHA, temperature=TEMPERATURE)),
+        models.as_forward(teacher))
+    t_apply = lambda v, x: teacher.apply(v, x, train=False)  # noqa: E731
+  else:
+    teacher, t_vars, step, t_apply = None, None, steps.make_train_step(), None
+  floor_run, floor_step = make_floor(lambda v, x: student.apply(v, x, train=False), tx, t_apply)
+  stacked = _stacked_batches(train, batch_size, 2 * num_steps)
+
+  python_step = jax.jit(step, donate_argnums=0)
+
+  def timed(variant: str, n: int) -> float:
+    start = time.perf_counter()
+    if variant == 'floor':
+      xs = jax.device_put({k: v[:n] for k, v in stacked.items()})
+      params, _, losses = floor_run(s_vars['params'], tx.init(s_vars['params']), t_vars, xs)
+      jax.block_until_ready((params, losses))
+    else:
+      data = (kdata.DeviceData(train, batch_size=batch_size, seed=0)
+              if variant == 'fit (device data)'
+              else iter(kdata.make_pipeline(train, batch_size=batch_size, seed=0)))
+      python = variant == 'Python loop'
+      result = fit(state, python_step if python else step, data, num_steps=n,
+                   rng=jax.random.key(0), teacher_variables=t_vars, progress=False,
+                   log_every=steps_per_call, compiled=not python)
+      jax.block_until_ready(result.state)
+    return time.perf_counter() - start
+
+  cold = {v: timed(v, 2 * num_steps) for v in VARIANTS}  # compiles (fit caches its chunks)
+  # Interleaved rounds, so a burst of load from other processes hits every variant alike.
+  warm = {(v, n): float('inf') for v in VARIANTS for n in (num_steps, 2 * num_steps)}
+  for _ in range(repeats):
+    for v, n in warm:
+      warm[v, n] = min(warm[v, n], timed(v, n))
+  rows = []
+  for v in VARIANTS:
+    t1, t2 = warm[v, num_steps], warm[v, 2 * num_steps]
+    rows.append({'variant': v, 'seconds_cold_2n': cold[v], 'seconds_warm_n': t1,
+                 'seconds_warm_2n': t2, 'e2e_ms_per_step': 1e3 * cold[v] / (2 * num_steps),
+                 'warm_ms_per_step': 1e3 * t2 / (2 * num_steps),
+                 'marginal_ms_per_step': 1e3 * max(t2 - t1, 1e-9) / num_steps})
+  batch = jax.tree.map(lambda v: v[0], stacked)
+  opt_state = tx.init(s_vars['params'])
+  flops = compiled_flops(jax.jit(floor_step).lower(
+      (s_vars['params'], opt_state), batch, t_vars).compile())
+  by = {r['variant']: r for r in rows}
+  for r in rows:
+    r['e2e_over_floor'] = r['e2e_ms_per_step'] / by['floor']['e2e_ms_per_step']
+    r['warm_over_floor'] = r['warm_ms_per_step'] / by['floor']['warm_ms_per_step']
+    r['marginal_over_floor'] = r['marginal_ms_per_step'] / by['floor']['marginal_ms_per_step']
+    r['flop_per_s'] = flops / (r['warm_ms_per_step'] / 1e3)
+  return {'recipe': 'KD cnn1d → mlp' if kd else 'student alone (mlp)',
+          'student_hidden': list(student_hidden), 'batch': batch_size, 'num_steps': num_steps,
+          'steps_per_call': steps_per_call, 'flops_per_step': flops, 'rows': rows}
+
+
+def markdown(result: dict) -> str:
+  peak = result['matmul_peak_flop_per_s']
+  lines = [
+      f"Training loop, end to end ({result['device']}, jax {result['jax']}, load avg "
+      f"{result['load_average_start']:.1f} → {result['load_average_end']:.1f}; matmul peak "
+      f"{peak / 1e9:.0f} GFLOP/s)",
+      '',
+      '| recipe | loop | ms/step cold (2N) | × floor | ms/step warm (2N) | × floor | '
+      'marginal ms/step | × floor | GFLOP/s warm (% peak) |',
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+  ]
+  for recipe in result['recipes']:
+    name = f"{recipe['recipe']} (N={recipe['num_steps']}, batch {recipe['batch']})"
+    for r in recipe['rows']:
+      lines.append(
+          f"| {name} | {r['variant']} | {r['e2e_ms_per_step']:.3f} | {r['e2e_over_floor']:.2f}× | "
+          f"{r['warm_ms_per_step']:.3f} | {r['warm_over_floor']:.2f}× | "
+          f"{r['marginal_ms_per_step']:.3f} | {r['marginal_over_floor']:.2f}× | "
+          f"{r['flop_per_s'] / 1e9:.2f} ({100 * r['flop_per_s'] / peak:.1f}%) |")
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--quick', action='store_true', help='N = 300 instead of 1500')
+  parser.add_argument('--num-steps', type=int, default=None)
+  parser.add_argument('--repeats', type=int, default=3, help='warm runs per length (best kept)')
+  parser.add_argument('--out', default=RESULTS)
+  args = parser.parse_args(argv)
+  num_steps = args.num_steps or (300 if args.quick else 1500)
+  load = os.getloadavg()[0]
+  recipes = [bench_recipe(kd, num_steps=num_steps, repeats=args.repeats) for kd in (True, False)]
+  result = {**machine(load), 'matmul_peak_flop_per_s': matmul_peak(), 'recipes': recipes}
+  return write_report(args.out, result, markdown)
+
+
+if __name__ == '__main__':
+  main()
