@@ -1,9 +1,9 @@
 """Born-again networks (BAN) and sequential-KD ensembles vs independent ensembles.
 
-Tests two seed findings on one set of runs: BAN (Furlanello et al. 2018, seed
-003): generation 2 or later beats generation 1, the generations beat their
+Tests two published findings on one set of runs: BAN (Furlanello et al.
+2018): generation 2 or later beats generation 1, the generations beat their
 teacher, and their ensemble beats a single model; and the control of Cho &
-Hariharan (2019, seed 002): an ensemble of sequentially distilled models does
+Hariharan (2019): an ensemble of sequentially distilled models does
 not beat an ensemble of as many independently trained ones. The data is
 ``config.dataset`` (MNIST-1D or scikit-learn digits, :func:`experiments.takd.load_data`).
 
@@ -30,10 +30,10 @@ from kdjax import schemes
 DELTA = 'Δ vs S0 (paired)'
 COLUMNS = ('model', 'members', 'test accuracy', DELTA, *stats.COLUMNS, 'NLL', 'disagreement',
            'seeds')
-FINDING = ('BAN (Furlanello et al. 2018, seed 003): born-again generation 2 or more beats '
+FINDING = ('BAN (Furlanello et al. 2018): born-again generation 2 or more beats '
            'generation 1, and the ensemble of generations beats a single model. Efficacy of KD '
-           '(Cho & Hariharan 2019, seed 002): ensembles of a sequential-KD chain do not beat '
-           'ensembles of independently trained models (METHODS.md §B–C).')
+           '(Cho & Hariharan 2019): ensembles of a sequential-KD chain do not beat '
+           'ensembles of independently trained models.')
 
 
 def run(config) -> list[dict]:

@@ -49,7 +49,7 @@ COLUMNS = ('model', 'exit', 'FLOPs vs plain CNN1D', 'test accuracy', DELTA, *sta
            'test NLL', 'seeds')
 EXIT_COLUMNS = ('model', 'threshold', 'test accuracy', 'FLOPs vs plain CNN1D',
                 'FLOPs vs deepest exit', 'mean exit', 'exit shares (1/2/…)', 'seeds')
-FINDING = ('BYOT (Zhang et al. 2019; METHODS.md §B–C): the shallow exits of a self-distilled '
+FINDING = ('BYOT (Zhang et al. 2019): the shallow exits of a self-distilled '
            'network are usable classifiers (early exit trades little accuracy for much less '
            'compute), and the deepest head improves over the same network trained without '
            'auxiliary heads.')

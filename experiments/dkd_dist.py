@@ -1,13 +1,13 @@
 """Experiment 7: DKD and DIST vs classic KD (and scratch) on MNIST-1D and digits.
 
-No seed finding is about DKD or DIST; they are the peers' standard logit
-methods (METHODS.md §A, "Peers' standards"). Their papers claim to beat KD:
+DKD and DIST are the standard logit methods of other KD libraries; their
+papers claim to beat KD:
 DKD (Zhao et al. 2022, arXiv:2203.08679) replaces KD's coupling weight
 ``1 − p_T,y`` of the non-target term by a constant β; DIST (Huang et al.
 2022, arXiv:2205.10536) matches Pearson correlations of the probabilities
 across classes (per example) and across the batch (per class), a
 batch-level loss. The table says whether either beats KD here, and
-whether each beats scratch (the first finding of METHODS.md §C).
+whether each beats scratch (Hinton et al. 2015's finding for KD).
 
 Objectives (each paper's form; CE weight 1 as in both papers):
 
@@ -110,9 +110,10 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   common.write_results(
       config.results, rows, COLUMNS,
       title='DKD and DIST vs classic KD',
-      finding='No §C finding is about DKD/DIST; their papers report beating KD (DKD: Zhao et al. '
-      'CVPR 2022; DIST: Huang et al. NeurIPS 2022). The scratch column tests METHODS.md §C\'s '
-      'first finding (KD-style distillation beats the same student from scratch) for them.',
+      finding='Their papers report beating KD (DKD: Zhao et al. '
+      'CVPR 2022; DIST: Huang et al. NeurIPS 2022). The scratch column tests '
+      'Hinton et al. (2015)\'s finding (KD-style distillation beats the same student from '
+      'scratch) for them.',
       verdict=' '.join(verdicts), command=setup['command'], out_dir=out_dir,
       dataset=base.dataset_names(config), seeds=common.seeds_of(records),
       notes=('KD: α·CE + (1−α)·τ²·KL. DKD: CE + w·(α·τ²·TCKD + β·τ²·NCKD) with w warmed up '

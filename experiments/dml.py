@@ -46,7 +46,7 @@ DELTA = 'Δ vs independent (paired)'
 COLUMNS = ('cohort', 'peer', 'method', 'test accuracy', DELTA, *stats.COLUMNS,
            'ensemble accuracy', 'Δ ensemble (paired)', 'ensemble 95% CI', 'ensemble verdict',
            'test NLL', 'train accuracy', 'seeds')
-FINDING = ('Deep mutual learning (Zhang et al. 2018, seed 003; METHODS.md §B–C): peers trained '
+FINDING = ('Deep mutual learning (Zhang et al. 2018): peers trained '
            'together with the mutual KL beat the same peers trained independently.')
 METHODS = (('independent', 0.0), ('DML', 1.0))  # (name, kl_weight)
 

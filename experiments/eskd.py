@@ -39,7 +39,7 @@ from kdjax import steps
 DELTA = 'gain over scratch (paired)'
 COLUMNS = ('teacher', 'teacher step', 'KD term', 'teacher test acc', 'student test acc', DELTA,
            *stats.COLUMNS, 'student KD loss (train)', 'agreement (test)', 'seeds')
-FINDING = ('On the Efficacy of KD (Cho & Hariharan 2019, seed 002; METHODS.md §B–C): bigger '
+FINDING = ('On the Efficacy of KD (Cho & Hariharan 2019): bigger '
            'teachers are not always better teachers, because the student cannot mimic them '
            '(its KD loss stays high); an early-stopped teacher beats a fully trained large one; '
            'stopping the KD term early in student training helps.')

@@ -1,6 +1,6 @@
 """Experiment 5: NetAug on tiny vs large models (MNIST-1D, scikit-learn digits).
 
-Seed finding (METHODS.md §C; Cai et al. 2022): *NetAug helps tiny models but
+Finding tested (Cai et al. 2022): *NetAug helps tiny models but
 not large ones* — a tiny model under-fits, and training it as a sub-network
 of wider models gives it extra supervision; a large model over-fits, and the
 same extra supervision does not help (the paper sees it hurt ResNet50).
@@ -282,7 +282,7 @@ def report(records: list[dict], setup: dict, out: str) -> list[dict]:
       '`records.json`.' + (f'\n\n{config.notes}' if config.get('notes') else ''))
   common.write_results(
       config.results, rows, COLUMNS, title=f'NetAug: tiny vs large models on {dataset}',
-      finding='NetAug helps tiny models but not large ones (Cai et al. 2022; METHODS.md §C).',
+      finding='NetAug helps tiny models but not large ones (Cai et al. 2022).',
       verdict=verdict, command=setup['command'], notes=notes, out_dir=out, dataset=dataset,
       seeds=seeds)
   return rows

@@ -45,7 +45,7 @@ from kdjax.state import TrainState
 DELTA = 'Δ vs baseline (paired)'
 COLUMNS = ('model', 'evaluated', 'params', 'test accuracy', DELTA, *stats.COLUMNS, 'test NLL',
            'disagreement', 'seeds')
-FINDING = ('ONE (Lan et al. 2018; METHODS.md §B–C): the branches of an on-the-fly native '
+FINDING = ('ONE (Lan et al. 2018): the branches of an on-the-fly native '
            'ensemble, each deployed alone, beat the same single-branch network trained alone.')
 BASELINE = 'CNN1D alone (baseline)'
 

@@ -34,7 +34,7 @@ COLUMNS = ('student', 'path', 'assistants', 'test accuracy', 'gain over scratch'
            'gain verdict', DELTA, *stats.COLUMNS, 'agreement w/ own teacher', 'seeds')
 GAP_COLUMNS = ('model', 'params', 'scratch', 'direct KD from teacher', 'KD gain (paired)',
                *stats.COLUMNS, 'seeds')
-FINDING = ('TAKD (Mirzadeh et al. 2020, seed 000; METHODS.md §B–C): when the teacher/student '
+FINDING = ('TAKD (Mirzadeh et al. 2020): when the teacher/student '
            'gap is large, distilling through a mid-sized teacher assistant beats direct KD, '
            'and the full chain of assistants is best.')
 

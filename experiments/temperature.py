@@ -1,6 +1,6 @@
 """Experiment 1: KD vs the same student from scratch, across temperatures τ and weights α.
 
-Finding tested (METHODS.md §C, Hinton et al. 2015, seed 001): *KD beats the
+Finding tested (Hinton et al. 2015): *KD beats the
 same student trained from scratch.* For each dataset a teacher is trained
 once (seed ``config.teacher_seed``); for each student seed the student is
 trained from scratch and with ``α·CE + (1−α)·τ²·KL`` for every (τ, α) of the
@@ -426,8 +426,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   common.write_results(
       config.results, rows, COLUMNS,
       title='KD vs scratch across temperature τ and weight α',
-      finding='KD beats the same student trained from scratch (Hinton et al. 2015; '
-      'METHODS.md §C, first finding).',
+      finding='KD beats the same student trained from scratch (Hinton et al. 2015).',
       verdict=' '.join(verdicts), command=setup['command'], notes=notes, out_dir=out_dir,
       dataset=dataset_names(config), seeds=common.seeds_of(records))
   return rows

@@ -1,6 +1,6 @@
 """Experiment 6: KD-topk (several k) vs full KD, and KD-pt / KD-sim (Tang et al. 2020).
 
-Finding tested (METHODS.md §C, seed 004): *KD-topk matches or beats full KD.*
+Finding tested (Tang et al. 2020): *KD-topk matches or beats full KD.*
 Tang et al. (arXiv:2002.03532) decompose KD into three effects and isolate
 each with a partial target; in their tables KD-pt (teacher confidence on the
 true class only: adaptive label smoothing) and KD-sim (class similarities
@@ -127,7 +127,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       config.results, rows, COLUMNS,
       title='KD-topk, KD-pt and KD-sim vs full KD (Tang et al. 2020)',
       finding='KD-topk matches or beats full KD (Tang et al. 2020, "Understanding and Improving '
-      'Knowledge Distillation"; METHODS.md §C). Also shown: KD-pt and KD-sim, which the paper '
+      'Knowledge Distillation"). Also shown: KD-pt and KD-sim, which the paper '
       'reports as recovering only part of KD\'s gain.',
       verdict=' '.join(verdicts), command=setup['command'], out_dir=out_dir,
       dataset=base.dataset_names(config), seeds=common.seeds_of(records),

@@ -1,10 +1,9 @@
 """Weight distillation (Lin et al. 2020) on MNIST-1D: CNN1D teacher -> narrower CNN1D student.
 
-Seed claim (seed 004): weight distillation — a parameter generator maps the
+Claim tested (Lin et al. 2020): weight distillation — a parameter generator maps the
 teacher's weights to the student's (``W_S = P·W_T·Q``), trained through the
 KD loss (phase 1), then the generated student is fine-tuned (phase 2) — beats
-KD for the same student. METHODS.md §C lists no finding for it; this is an
-optional check of the paper's claim.
+KD for the same student.
 
 Every student gets ``student.num_steps`` updates in total (WD: phase 1 +
 phase 2), the same KD objective, optimizer and data order. The "slice init"
@@ -218,7 +217,7 @@ def report(records: list[dict], setup: dict, out: str) -> list[dict]:
   common.write_results(
       config.results, rows, COLUMNS, title='Weight distillation on MNIST-1D',
       finding='Weight distillation (generator phase + fine-tuning) beats KD for the same '
-      'student (Lin et al. 2020; seed 004). Not one of the METHODS.md §C findings.',
+      'student (Lin et al. 2020).',
       verdict=verdict, command=setup['command'], notes=notes, out_dir=out,
       dataset='MNIST-1D', seeds=common.seeds_of(records))
   return rows
