@@ -104,7 +104,17 @@ def check_labels(labels, logits, name: str = 'labels', logits_name: str = 'logit
     ``labels`` as a JAX array.
 
   Raises:
-    ValueError: for a non-integer dtype or a shape other than ``logits.shape[:-1]``.
+    ValueError: for a non-integer dtype, a shape other than
+      ``logits.shape[:-1]``, or concrete labels outside ``[0, C)``. Traced
+      labels (under ``jit`` or ``vmap``) cannot be checked here; the kdjax
+      steps exclude and count them (``invalid_labels``) instead.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> check_labels(jnp.array([0, 12]), jnp.zeros((2, 10)))
+    Traceback (most recent call last):
+    ...
+    ValueError: `labels` must be class indices in [0, 10) ... got 12 at index (1,).
   """
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -113,6 +123,17 @@ def check_labels(labels, logits, name: str = 'labels', logits_name: str = 'logit
     raise ValueError(
         f'`{name}` must have shape {jnp.shape(logits)[:-1]} (the shape of '
         f'`{logits_name}` without its class axis), got {labels.shape}.')
+  try:
+    values = np.asarray(labels)
+  except jax.errors.TracerArrayConversionError:
+    return labels
+  num_classes = jnp.shape(logits)[-1]
+  bad = np.argwhere((values < 0) | (values >= num_classes))
+  if len(bad):
+    shown = ', '.join(f'{values[tuple(i)]} at index {tuple(int(j) for j in i)}' for i in bad[:5])
+    more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+    raise ValueError(f'`{name}` must be class indices in [0, {num_classes}) (`{logits_name}` '
+                     f'has {num_classes} classes), got {shown}{more}.')
   return labels
 
 

@@ -32,9 +32,9 @@ def cross_entropy(
   r"""Softmax cross-entropy with integer labels.
 
   ``CE = -\sum_c y_c \log softmax(z)_c`` with ``y`` the (optionally smoothed)
-  one-hot target. A label outside ``[0, C)`` gives NaN for that example, so a
-  corrupted batch is never silently trained on; the train steps report and skip
-  such updates.
+  one-hot target. A concrete label outside ``[0, C)`` raises ``ValueError``; a
+  traced one (under ``jit``) gives NaN for that example, so a corrupted batch is
+  never silently trained on (the kdjax steps exclude and count such labels).
 
   Args:
     logits: ``[..., C]`` unnormalised scores.
@@ -153,8 +153,8 @@ def hinton_kd(
 
   Returns:
     ``[...]`` per-example loss, in at least float32. With ``α = 0`` it is
-    :func:`kl_distillation`, with ``α = 1`` :func:`cross_entropy` (a label
-    outside ``[0, C)`` gives NaN for that example, as there).
+    :func:`kl_distillation`, with ``α = 1`` :func:`cross_entropy` (labels
+    outside ``[0, C)`` are treated as there).
 
   Raises:
     ValueError: for mismatched shapes, non-floating logits, bad labels, a
@@ -348,8 +348,8 @@ def teacher_label_smoothing(
   Args:
     student_logits: ``[..., C]`` student logits ``s``, ``C >= 2``.
     teacher_logits: ``[..., C]`` teacher logits ``t``.
-    labels: ``[...]`` integer ground-truth classes ``y``. A label outside
-      ``[0, C)`` gives NaN for that example (as in :func:`cross_entropy`).
+    labels: ``[...]`` integer ground-truth classes ``y``. A concrete label
+      outside ``[0, C)`` raises ``ValueError`` (a traced one gives NaN).
     temperature: softmax temperature τ > 0 of both the teacher probability and
       the student.
 
@@ -410,8 +410,8 @@ def class_similarity_distillation(
   Args:
     student_logits: ``[..., C]`` student logits ``s``.
     teacher_classifier_weights: ``[D, C]`` teacher classifier kernel ``W``.
-    labels: ``[...]`` integer ground-truth classes ``y``. A label outside
-      ``[0, C)`` gives NaN for that example.
+    labels: ``[...]`` integer ground-truth classes ``y``. A concrete label
+      outside ``[0, C)`` raises ``ValueError`` (a traced one gives NaN).
     temperature: temperature τ > 0 of both the similarity softmax and the student.
 
   Returns:
@@ -489,8 +489,8 @@ def decoupled_kd(
   Args:
     student_logits: ``[..., C]`` student logits, ``C >= 2``.
     teacher_logits: ``[..., C]`` teacher logits.
-    labels: ``[...]`` integer ground-truth classes. A label outside ``[0, C)``
-      gives NaN for that example.
+    labels: ``[...]`` integer ground-truth classes. A concrete label outside
+      ``[0, C)`` raises ``ValueError``; a traced one is not checked.
     alpha: weight ``>= 0`` of TCKD (paper: 1).
     beta: weight ``>= 0`` of NCKD (paper: 8 on CIFAR-100, 0.5 on ImageNet).
     temperature: softmax temperature τ > 0 (paper: 4; 1 on ImageNet).

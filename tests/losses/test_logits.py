@@ -39,9 +39,25 @@ def test_cross_entropy_label_smoothing_matches_reference():
   np.testing.assert_allclose(got, expected, rtol=RTOL)
 
 
-def test_cross_entropy_out_of_range_labels_are_nan():
-  out = losses.cross_entropy(jnp.zeros((3, 4)), jnp.array([0, 4, -1]))
+def test_out_of_range_labels_raise_when_concrete_and_are_nan_when_traced():
+  labels = jnp.array([0, 4, -1])
+  with pytest.raises(ValueError, match=r'`labels` must be class indices in \[0, 4\).*'
+                                       r'got 4 at index \(1,\), -1 at index \(2,\)'):
+    losses.cross_entropy(jnp.zeros((3, 4)), labels)
+  out = jax.jit(losses.cross_entropy)(jnp.zeros((3, 4)), labels)
   assert np.isfinite(out[0]) and np.isnan(out[1]) and np.isnan(out[2])
+
+
+@pytest.mark.parametrize('loss', [
+    lambda s, t, y: losses.hinton_kd(s, t, y),
+    lambda s, t, y: losses.decoupled_kd(s, t, y),
+    lambda s, t, y: losses.cross_entropy(s, y),
+])
+def test_label_losses_reject_a_concrete_out_of_range_label(loss):
+  s, t = jax.random.normal(jax.random.key(0), (2, 4, 10))
+  with pytest.raises(ValueError, match='`labels`.*got 12 at index'):
+    loss(s, t, jnp.array([0, 1, 2, 12]))
+  assert np.all(np.isfinite(loss(s, t, jnp.array([0, 1, 2, 9]))))
 
 
 @pytest.mark.parametrize('labels, match', [
