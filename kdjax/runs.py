@@ -103,6 +103,7 @@ def train_and_evaluate(
     progress: bool = True,
     desc: str = 'train',
     data_placement: str = 'auto',
+    compute_dtype: Optional[Any] = None,
 ) -> RunResult:
   """Trains ``model`` (from scratch or by distillation) and evaluates it.
 
@@ -143,6 +144,10 @@ def train_and_evaluate(
       when there is no ``transform`` and the source takes at most a quarter
       of the device memory (:func:`kdjax.data.fits_on_device`). Both give the
       same batches, so the same parameters.
+    compute_dtype: e.g. ``jnp.bfloat16``: student and teacher forward passes
+      (training and evaluation) run in it through
+      :func:`kdjax.models.mixed_precision`; parameters, optimizer state and
+      losses stay float32. ``None``: the models' own dtypes.
 
   Returns:
     A :class:`RunResult`.
@@ -163,7 +168,10 @@ def train_and_evaluate(
   if needs_teacher and teacher_variables is None:
     raise ValueError('Give the teacher as `teacher_variables` or `teacher_checkpoint`.')
 
-  forward = models.as_forward(model)
+  forward = (models.as_forward(model) if compute_dtype is None
+             else models.mixed_precision(model, compute_dtype))
+  if teacher is not None and compute_dtype is not None:
+    teacher = models.mixed_precision(teacher, compute_dtype)
   pipeline = kdata.make_pipeline(train_data, batch_size=batch_size, seed=seed,
                                  transform=transform)
   sample = next(iter(pipeline))

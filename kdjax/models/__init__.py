@@ -77,6 +77,7 @@ from kdjax.models._wrap import ForwardFn
 from kdjax.models._wrap import function_forward
 from kdjax.models._wrap import init_variables
 from kdjax.models._wrap import linen_forward
+from kdjax.models._wrap import mixed_precision
 from kdjax.models._wrap import ModelOutput
 from kdjax.models._wrap import nnx_forward
 from kdjax.models._wrn import WideBasicBlock

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from kdjax.models._utils import get_features
 
@@ -148,6 +149,61 @@ def as_forward(model: Any) -> ForwardFn:
   if not callable(model):
     raise ValueError(f'`model` must be a Flax Linen module or a forward function, got {model!r}.')
   return model
+
+
+def _cast_floating(tree: Any, dtype: Any) -> Any:
+  return jax.tree.map(
+      lambda v: v.astype(dtype) if jnp.issubdtype(jnp.result_type(v), jnp.floating) else v, tree)
+
+
+def mixed_precision(model: Any, compute_dtype: Any = jnp.bfloat16, *,
+                    output_dtype: Any = jnp.float32) -> ForwardFn:
+  """Runs a forward pass in ``compute_dtype``, keeping the stored state in its own dtype.
+
+  Floating variables (parameters and other collections) and floating inputs
+  are cast to ``compute_dtype`` for the pass; logits and features come back in
+  ``output_dtype``, so losses and metrics are computed in float32, and the
+  updated collections (e.g. BatchNorm statistics) are cast back to the dtype
+  they are stored in. The cast is differentiable: gradients with respect to
+  float32 parameters are float32, so parameters and optimizer state stay
+  float32 (Micikevicius et al., 2018, "Mixed Precision Training"; bfloat16
+  needs no loss scaling). Use it for the student's ``apply_fn`` and for
+  teachers; every kdjax step works with it unchanged.
+
+  Args:
+    model: a Flax Linen module or a forward function (:func:`as_forward`).
+    compute_dtype: dtype of the computation, e.g. ``jnp.bfloat16``.
+    output_dtype: dtype of the returned logits and features.
+
+  Returns:
+    A forward function.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> seen = []
+    >>> def fn(p, x):
+    ...   seen.append(x.dtype)
+    ...   return x @ p['w']
+    >>> fwd = mixed_precision(function_forward(fn))
+    >>> out = fwd({'params': {'w': jnp.ones((3, 2))}}, jnp.ones((4, 3)), train=False)
+    >>> seen[0], out.logits.dtype
+    (dtype(bfloat16), dtype('float32'))
+    >>> total = lambda w: fwd({'params': {'w': w}}, jnp.ones((4, 3)), train=False).logits.sum()
+    >>> jax.grad(total)(jnp.ones((3, 2))).dtype
+    dtype('float32')
+  """
+  forward = as_forward(model)
+
+  def mixed(variables, x, *, train: bool = False, rngs=None) -> ModelOutput:
+    out = forward(_cast_floating(variables, compute_dtype), _cast_floating(x, compute_dtype),
+                  train=train, rngs=rngs)
+    model_state = {
+        k: jax.tree.map(lambda new, old: new.astype(jnp.result_type(old)), v, variables[k])
+        if k in variables else v for k, v in out.model_state.items()}
+    return ModelOutput(_cast_floating(out.logits, output_dtype),
+                       _cast_floating(dict(out.features), output_dtype), model_state)
+
+  return mixed
 
 
 def init_variables(module: nn.Module, rng: jax.Array, sample_x, **kwargs) -> dict:
