@@ -12,6 +12,8 @@ lookup that is not in the cache never returns an entry of another view:
 
 * in the jitted step the missing rows get NaN teacher outputs, the update is
   skipped (the state is kept) and ``metrics['cache_misses']`` counts them;
+* :func:`kdjax.train.fit` raises :class:`CacheMissError` at the end of the
+  chunk that met a miss (from that metric, no per-step host sync);
 * on the host, :func:`check_batch` (and the :func:`checked` step wrapper)
   raise :class:`CacheMissError` before the step runs, and
   :func:`check_pipeline` rejects a cache built for another pipeline (an
@@ -741,8 +743,10 @@ def make_cached_distill_step(terms: Sequence[steps.Term],
   gradient, the non-finite guard and the metrics are those of the uncached
   step. A batch with a row missing from a cache leaves the state unchanged
   (``metrics['skipped'] = 1``) whatever ``skip_nonfinite`` says, and
-  ``metrics['cache_misses']`` counts such rows; wrap the jitted step with
-  :func:`checked` to raise instead.
+  ``metrics['cache_misses']`` counts such rows, and :func:`kdjax.train.fit`
+  stops with :class:`CacheMissError` at the end of the chunk (no host sync per
+  step). In a hand-written loop, wrap the jitted step with :func:`checked` to
+  raise before the step instead.
 
   With a :class:`TopKCache`, teacher terms see the dense target logits of
   :func:`dense_target_logits`: ``soft_kd(temperature=cache.temperature)`` then
@@ -806,7 +810,10 @@ def make_cached_distill_step(terms: Sequence[steps.Term],
 def checked(step: Callable) -> Callable:
   """Wraps a (jitted) cached step to raise :class:`CacheMissError` on the host.
 
-  Each call first runs :func:`check_batch` on the host batch, then the step.
+  Each call first runs :func:`check_batch` on the host batch, then the step:
+  one host read of the cache's ``filled`` table per call, which is why
+  :func:`kdjax.train.fit` does not need it (it checks the step's
+  ``cache_misses`` metric once per compiled chunk).
 
   Args:
     step: ``step(state, caches, batch, rng)``, e.g. a jitted

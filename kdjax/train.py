@@ -280,7 +280,7 @@ def make_chunk_fn(step_fn: Callable, *, gather: Optional[Callable] = None,
 
 def _check_chunk(fetched: Mapping[str, np.ndarray], first: int, consecutive: int,
                  max_consecutive_skips: int) -> tuple[int, int]:
-  """Raises on invalid labels or too many skips; returns ``(skipped, consecutive)``."""
+  """Raises on bad labels, cache misses or too many skips; returns ``(skipped, consecutive)``."""
   count = next(iter(fetched.values())).shape[0]
   if 'invalid_labels' in fetched:
     bad = np.asarray(fetched['invalid_labels']).reshape(count, -1).sum(axis=1)
@@ -291,6 +291,15 @@ def _check_chunk(fetched: Mapping[str, np.ndarray], first: int, consecutive: int
           f'Batch {first + i} (step {first + i + 1}) has {int(bad[i])} `labels` outside '
           f'[0, num_classes), e.g. {sorted(set(value.tolist()))}; those rows were left out of '
           'the update. Fix the dataset or its num_classes.')
+  if 'cache_misses' in fetched:
+    misses = np.asarray(fetched['cache_misses']).reshape(count, -1).sum(axis=1)
+    if misses.any():
+      from kdjax.cache import CacheMissError  # pylint: disable=g-import-not-at-top
+      i = int(np.flatnonzero(misses)[0])
+      raise CacheMissError(
+          f'Batch {first + i} (step {first + i + 1}) has {int(misses[i])} rows that are not in '
+          'the teacher cache; that update was skipped. Build the cache for every epoch the run '
+          'visits (kdjax.cache.epochs_needed) with the training seed and transform.')
   skipped = np.asarray(fetched['skipped']).reshape(count, -1).max(axis=1) > 0
   for i, s in enumerate(skipped):
     consecutive = consecutive + 1 if s else 0
@@ -382,6 +391,8 @@ def fit(state: Any, step_fn: Callable, data: Any, *,
 
   Raises:
     InvalidLabelError: a batch had labels outside ``[0, num_classes)``.
+    kdjax.cache.CacheMissError: a cached-teacher step (its
+      ``'cache_misses'`` metric) met a batch row missing from its cache.
     NonFiniteError: too many consecutive non-finite updates.
     ValueError: the data ran out, or bad options.
 

@@ -13,6 +13,7 @@ from kdjax import data as kd
 from kdjax import losses
 from kdjax import models
 from kdjax import steps
+from kdjax import train
 from kdjax.state import TrainState
 
 
@@ -311,3 +312,21 @@ def test_experiment_quick(name, shared, tmp_path, monkeypatch):
   expected = {'temperature': {'KD (transfer set)'}, 'topk': {'KD-topk', 'KD-pt', 'KD-sim'},
               'dkd_dist': {'DKD', 'DIST'}}[name]
   assert expected <= methods
+
+
+@pytest.mark.parametrize('placement', ['device', 'host'])
+def test_fit_stops_at_the_first_uncached_epoch(teacher, student, placement):
+  fwd, tv = teacher
+  src = _source()
+  cache = kc.build_cache(fwd, tv, src, epochs=(0,), seed=0)  # epoch 0 only
+  step = kc.make_cached_distill_step((steps.task_ce(0.5), steps.soft_kd(0.5, temperature=TAU)))
+  data = kd.training_data(src, batch_size=30, seed=0, placement=placement)  # 3 batches/epoch
+  with pytest.raises(kc.CacheMissError, match=r'Batch 3 \(step 4\) has 30 rows'):
+    train.fit(student, step, data, num_steps=6, rng=jax.random.key(0), teacher_variables=cache,
+              progress=False, log_every=6)
+  # Covering the epochs the run visits trains to the end.
+  cache = kc.build_cache(fwd, tv, src, epochs=(0, 1), seed=0)
+  data = kd.training_data(src, batch_size=30, seed=0, placement=placement)
+  result = train.fit(student, step, data, num_steps=6, rng=jax.random.key(0),
+                     teacher_variables=cache, progress=False, log_every=6)
+  assert int(result.state.step) == 6 and result.skipped_steps == 0
