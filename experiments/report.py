@@ -182,7 +182,7 @@ timing.
 
 {bench}
 
-All accept `--quick`. On CPU, `jax.vmap` over convolutions becomes a grouped
+The Python ones accept `--quick`. On CPU, `jax.vmap` over convolutions becomes a grouped
 convolution, which XLA:CPU runs slowly; the cohort benchmark shows it and
 `make_cohort_step(..., unroll_peers=True)` is the CPU workaround. On GPU and
 TPU the vmapped form is the one to use.
@@ -201,7 +201,15 @@ _BENCHMARKS = (
     {'benchmark': 'train_loop', 'compares': '`fit` (device-resident data and host pipeline) vs '
      'a hand-written `lax.scan` floor vs a Python call per step, KD and student alone',
      'command': '`.venv/bin/python -m experiments.bench.train_loop`',
-     'results': '[bench_train_loop](results/bench_train_loop/bench.md)'})
+     'results': '[bench_train_loop](results/bench_train_loop/bench.md)'},
+    {'benchmark': 'convolutions', 'compares': 'resnet20 training in images/s by batch size, '
+     'float32 vs bfloat16 compute',
+     'command': '`.venv/bin/python -m experiments.bench.convolutions`',
+     'results': '[bench_convolutions](results/bench_convolutions/bench.md)'},
+    {'benchmark': 'accelerator.sh', 'compares': 'one script for a GPU/TPU host: cohort K = 1–8, '
+     'resnet20 at batch 128/256 in float32 and bfloat16, fit vs the floor (`TINY=1` on CPU)',
+     'command': '`experiments/bench/accelerator.sh`',
+     'results': '`results/bench_accelerator/` (not run here: no accelerator)'})
 
 
 def _cell(text: str) -> str:

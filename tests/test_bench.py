@@ -52,6 +52,13 @@ def test_train_loop_bench_rows(data_dir):
                                'jax': jax.__version__, 'device': 'cpu', 'cpu_count': 2,
                                'load_average_start': 0.0, 'load_average_end': 0.0})
   assert table.count('| KD cnn1d → mlp (N=4, batch 100) |') == 4
+  overhead = train_loop.bench_kd_overhead(num_steps=3, repeats=1, student_hidden=(8,),
+                                          data_dir=data_dir)
+  assert overhead['kd_over_parts'] > 0 and set(overhead['ms_per_step']) == {
+      'KD step', 'student step alone', 'teacher forward alone'}
+  assert 'KD / (student + teacher)' in train_loop.markdown(
+      {'recipes': [], 'kd_overhead': overhead, 'matmul_peak_flop_per_s': 1e11, 'jax': '',
+       'device': 'cpu', 'load_average_start': 0.0, 'load_average_end': 0.0})
 
 
 def test_train_loop_floor_loss_matches_hinton_kd():
@@ -65,3 +72,27 @@ def test_train_loop_floor_loss_matches_hinton_kd():
   ce = -jax.nn.log_softmax(s)[np.arange(5), labels].mean()
   kd = losses.kl_distillation(s, t, temperature=train_loop.TEMPERATURE).mean()  # τ² included
   np.testing.assert_allclose(got, 0.1 * ce + 0.9 * kd, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_accelerator_script_runs_tiny_on_cpu(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, TINY='1', PYTHON=sys.executable, TFDS_DATA_DIR=str(tmp_path / 'tfds'),
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([os.path.join(root, 'experiments', 'bench', 'accelerator.sh'),
+                         str(tmp_path / 'out')], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=400)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  summary = json.loads((tmp_path / 'out' / 'accelerator.json').read_text())
+  assert summary['platform'] == 'cpu'
+  for name, path in summary['results'].items():
+    result = json.loads(open(path).read())
+    assert result['matmul_peak_flop_per_s'] > 0, name
+  conv = json.loads(open(summary['results']['convolutions']).read())
+  assert {(r['batch'], r['dtype']) for r in conv['rows']} == {
+      (8, 'float32'), (8, 'bfloat16'), (16, 'float32'), (16, 'bfloat16')}
+  assert all(r['images_per_s'] > 0 for r in conv['rows'])

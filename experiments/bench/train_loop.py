@@ -25,6 +25,10 @@ adds up). The table reports all three, their ratios to the floor, and the
 achieved FLOP/s of a warm step (XLA's cost analysis of the floor's step)
 against the machine's float32 matmul peak measured in the same run.
 
+It also times the KD step against its parts, the teacher's forward pass
+alone plus the student's step alone, each a compiled scan over the same
+batches (:func:`bench_kd_overhead`).
+
 Run ``python -m experiments.bench.train_loop`` (``--quick`` for a short run);
 results go to ``experiments/results/bench_train_loop/bench.{json,md}``.
 """
@@ -50,6 +54,7 @@ from kdjax import steps
 from kdjax.runs import default_optimizer
 from kdjax.state import TrainState
 from kdjax.train import fit
+from kdjax.train import make_chunk_fn
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results',
@@ -175,6 +180,54 @@ def bench_recipe(kd: bool, *, num_steps: int, batch_size: int = 100,
           'steps_per_call': steps_per_call, 'flops_per_step': flops, 'rows': rows}
 
 
+def bench_kd_overhead(*, num_steps: int, batch_size: int = 100, student_hidden=(100, 100),
+                      repeats: int = 3, data_dir=None) -> dict:
+  """The KD step against its parts: teacher forward alone plus the student step alone.
+
+  Each of the three runs as one compiled ``lax.scan`` over the same
+  ``num_steps`` device-resident batches (no donation, so the state is reused);
+  the best of ``repeats`` interleaved rounds is kept.
+  """
+  train = kdata.load('mnist1d', 'train', data_dir=data_dir)
+  info = kdata.dataset_info('mnist1d')
+  student = models.create('mlp', info.num_classes, hidden=tuple(student_hidden))
+  teacher = models.create('cnn1d', info.num_classes)
+  x0 = np.asarray(train[0]['x'])[None]
+  s_vars = models.init_variables(student, jax.random.key(2), x0)
+  t_vars = models.init_variables(teacher, jax.random.key(1), x0)
+  state = TrainState.create(apply_fn=models.as_forward(student), variables=s_vars,
+                            tx=default_optimizer(3e-3, num_steps))
+  t_fwd = models.as_forward(teacher)
+  kd_step = steps.make_distill_step(
+      (steps.task_ce(ALPHA), steps.soft_kd(1 - ALPHA, temperature=TEMPERATURE)), t_fwd)
+  xs = jax.device_put(_stacked_batches(train, batch_size, num_steps))
+
+  @jax.jit
+  def teacher_only(t_vars, xs):
+    return jax.lax.map(lambda b: t_fwd(t_vars, b['x'], train=False).logits.sum(), xs)
+
+  kd_chunk = make_chunk_fn(kd_step, donate=False)
+  student_chunk = make_chunk_fn(steps.make_train_step(), donate=False)
+  runs = {
+      'KD step': lambda: kd_chunk(state, t_vars, xs, jax.random.key(0), None),
+      'student step alone': lambda: student_chunk(state, None, xs, jax.random.key(0), None),
+      'teacher forward alone': lambda: teacher_only(t_vars, xs),
+  }
+  best = {}
+  for name, run in runs.items():
+    jax.block_until_ready(run())  # compile
+    best[name] = float('inf')
+  for _ in range(repeats):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(run())
+      best[name] = min(best[name], time.perf_counter() - start)
+  ms = {name: 1e3 * t / num_steps for name, t in best.items()}
+  parts = ms['student step alone'] + ms['teacher forward alone']
+  return {'num_steps': num_steps, 'batch': batch_size, 'ms_per_step': ms,
+          'sum_of_parts_ms': parts, 'kd_over_parts': ms['KD step'] / parts}
+
+
 def markdown(result: dict) -> str:
   peak = result['matmul_peak_flop_per_s']
   lines = [
@@ -194,6 +247,16 @@ def markdown(result: dict) -> str:
           f"{r['warm_ms_per_step']:.3f} | {r['warm_over_floor']:.2f}× | "
           f"{r['marginal_ms_per_step']:.3f} | {r['marginal_over_floor']:.2f}× | "
           f"{r['flop_per_s'] / 1e9:.2f} ({100 * r['flop_per_s'] / peak:.1f}%) |")
+  overhead = result.get('kd_overhead')
+  if overhead:
+    ms = overhead['ms_per_step']
+    lines += [
+        '', f"KD overhead (batch {overhead['batch']}, {overhead['num_steps']} steps per scan):", '',
+        '| KD step ms | student step alone ms | teacher forward alone ms | '
+        'KD / (student + teacher) |',
+        '|---:|---:|---:|---:|',
+        f"| {ms['KD step']:.3f} | {ms['student step alone']:.3f} | "
+        f"{ms['teacher forward alone']:.3f} | {overhead['kd_over_parts']:.2f}× |"]
   return '\n'.join(lines) + '\n'
 
 
@@ -207,7 +270,9 @@ def main(argv=None) -> dict:
   num_steps = args.num_steps or (300 if args.quick else 1500)
   load = os.getloadavg()[0]
   recipes = [bench_recipe(kd, num_steps=num_steps, repeats=args.repeats) for kd in (True, False)]
-  result = {**machine(load), 'matmul_peak_flop_per_s': matmul_peak(), 'recipes': recipes}
+  overhead = bench_kd_overhead(num_steps=num_steps, repeats=args.repeats)
+  result = {**machine(load), 'matmul_peak_flop_per_s': matmul_peak(), 'recipes': recipes,
+            'kd_overhead': overhead}
   return write_report(args.out, result, markdown)
 
 
