@@ -59,6 +59,14 @@ def test_train_loop_bench_rows(data_dir):
   assert 'KD / (student + teacher)' in train_loop.markdown(
       {'recipes': [], 'kd_overhead': overhead, 'matmul_peak_flop_per_s': 1e11, 'jax': '',
        'device': 'cpu', 'load_average_start': 0.0, 'load_average_end': 0.0})
+  rows = train_loop.bench_efficiency(('mlp-8', 'cnn1d'), num_steps=2, batch_size=4, repeats=1,
+                                     data_dir=data_dir)
+  assert [r['model'] for r in rows] == ['mlp-8', 'cnn1d']
+  assert all(r['scan_flop_per_s'] > 0 and r['Python loop_flop_per_s'] > 0 for r in rows)
+  assert rows[1]['flops_per_step'] > rows[0]['flops_per_step']
+  assert '| cnn1d | 4 |' in train_loop.markdown(
+      {'recipes': [], 'efficiency': rows, 'matmul_peak_flop_per_s': 1e11, 'jax': '',
+       'device': 'cpu', 'load_average_start': 0.0, 'load_average_end': 0.0})
 
 
 def test_train_loop_floor_loss_matches_hinton_kd():

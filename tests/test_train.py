@@ -150,3 +150,27 @@ def test_device_data_rejects_bad_arguments():
     kdata.DeviceData(_source(n=4), batch_size=8, seed=0)
   with pytest.raises(ValueError, match='seed'):
     kdata.DeviceData(_source(n=4), batch_size=2, seed=-1)
+
+
+def test_auto_mode_scans_dense_students_and_loops_convolutional_ones_on_cpu():
+  assert jax.default_backend() == 'cpu'
+  src = _source()
+  resident = lambda: kdata.DeviceData(src, batch_size=8, seed=1)  # noqa: E731
+  dense = _fit(resident(), num_steps=10)
+  assert dense.compiled
+  conv_teacher = models.CNN1D(channels=4, num_classes=C)
+  conv_step = steps.make_distill_step([steps.soft_kd()], conv_teacher)
+  t_vars = models.init_variables(conv_teacher, jax.random.key(3), jnp.ones((1, 4)))
+  assert train.fit(_state(), conv_step, resident(), num_steps=5, rng=jax.random.key(0),
+                   teacher_variables=t_vars, progress=False).compiled  # only its forward
+  conv = models.CNN1D(channels=4, num_classes=C)
+  variables = models.init_variables(conv, jax.random.key(0), jnp.ones((1, 4)))
+  state = TrainState.create(apply_fn=conv, variables=variables, tx=optax.adam(1e-2))
+  kw = dict(num_steps=10, rng=jax.random.key(2), progress=False, log_every=5)
+  auto = train.fit(state, steps.make_train_step(), resident(), **kw)
+  assert not auto.compiled and auto.chunks == 2
+  scanned = train.fit(state, steps.make_train_step(), resident(), compiled=True, **kw)
+  assert scanned.compiled
+  chex.assert_trees_all_close(auto.state.params, scanned.state.params, rtol=1e-5, atol=1e-6)
+  # Host data are not traced ahead: they scan unless told otherwise.
+  assert train.fit(state, steps.make_train_step(), _host(src), **kw).compiled

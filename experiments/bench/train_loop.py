@@ -27,7 +27,9 @@ against the machine's float32 matmul peak measured in the same run.
 
 It also times the KD step against its parts, the teacher's forward pass
 alone plus the student's step alone, each a compiled scan over the same
-batches (:func:`bench_kd_overhead`).
+batches (:func:`bench_kd_overhead`), and the achieved FLOP/s of supervised
+training for MLP widths 100–1024 and the 1D CNN, scan against a Python loop
+(:func:`bench_efficiency`).
 
 Run ``python -m experiments.bench.train_loop`` (``--quick`` for a short run);
 results go to ``experiments/results/bench_train_loop/bench.{json,md}``.
@@ -228,6 +230,58 @@ def bench_kd_overhead(*, num_steps: int, batch_size: int = 100, student_hidden=(
           'sum_of_parts_ms': parts, 'kd_over_parts': ms['KD step'] / parts}
 
 
+def bench_efficiency(models_to_run=('mlp-100', 'mlp-256', 'mlp-512', 'mlp-1024', 'cnn1d'), *,
+                     num_steps: int, batch_size: int = 256, repeats: int = 3,
+                     data_dir=None) -> list[dict]:
+  """Achieved FLOP/s of supervised training, compiled scan against a Python loop of steps.
+
+  ``'mlp-W'`` is an MLP with two hidden layers of width ``W``. Both paths run
+  the same jitted :func:`kdjax.steps.make_train_step` over the same
+  ``num_steps`` device-resident batches; FLOPs per step come from XLA's cost
+  analysis.
+  """
+  train = kdata.load('mnist1d', 'train', data_dir=data_dir)
+  info = kdata.dataset_info('mnist1d')
+  x0 = np.asarray(train[0]['x'])[None]
+  stacked = jax.device_put(_stacked_batches(train, batch_size, num_steps))
+  batches = [jax.tree.map(lambda v: v[i], stacked) for i in range(num_steps)]
+  step = steps.make_train_step()
+  chunk, jitted = make_chunk_fn(step, donate=False), jax.jit(step)
+  runners = {}
+  for name in models_to_run:
+    model = (models.create('mlp', info.num_classes, hidden=(int(name[4:]),) * 2)
+             if name.startswith('mlp-') else models.create(name, info.num_classes))
+    state = TrainState.create(apply_fn=models.as_forward(model), tx=optax.adam(1e-3),
+                              variables=models.init_variables(model, jax.random.key(0), x0))
+    flops = compiled_flops(jitted.lower(state, None, batches[0], jax.random.key(0)).compile())
+
+    def scan_run(state=state):
+      return chunk(state, None, stacked, jax.random.key(0), None)
+
+    def python_run(state=state):
+      for batch in batches:
+        state, metrics = jitted(state, None, batch, jax.random.key(0))
+      return state, metrics
+
+    for run in (scan_run, python_run):
+      jax.block_until_ready(run())  # compile
+    runners[name] = (flops, {'scan': scan_run, 'Python loop': python_run})
+  best = {(n, p): float('inf') for n in runners for p in ('scan', 'Python loop')}
+  for _ in range(repeats):
+    for (name, path) in best:
+      start = time.perf_counter()
+      jax.block_until_ready(runners[name][1][path]())
+      best[name, path] = min(best[name, path], time.perf_counter() - start)
+  rows = []
+  for name, (flops, _) in runners.items():
+    row = {'model': name, 'batch': batch_size, 'flops_per_step': flops}
+    for path in ('scan', 'Python loop'):
+      row[f'{path}_ms_per_step'] = 1e3 * best[name, path] / num_steps
+      row[f'{path}_flop_per_s'] = flops * num_steps / best[name, path]
+    rows.append(row)
+  return rows
+
+
 def markdown(result: dict) -> str:
   peak = result['matmul_peak_flop_per_s']
   lines = [
@@ -257,6 +311,19 @@ def markdown(result: dict) -> str:
         '|---:|---:|---:|---:|',
         f"| {ms['KD step']:.3f} | {ms['student step alone']:.3f} | "
         f"{ms['teacher forward alone']:.3f} | {overhead['kd_over_parts']:.2f}× |"]
+  if result.get('efficiency'):
+    lines += ['', 'Arithmetic efficiency of supervised training (compiled scan vs a Python '
+              'call per step):', '',
+              '| model | batch | GFLOP/step | scan ms/step | scan GFLOP/s (% peak) | '
+              'Python ms/step | Python GFLOP/s (% peak) |',
+              '|---|---:|---:|---:|---:|---:|---:|']
+    for r in result['efficiency']:
+      lines.append(
+          f"| {r['model']} | {r['batch']} | {r['flops_per_step'] / 1e9:.4f} | "
+          f"{r['scan_ms_per_step']:.3f} | {r['scan_flop_per_s'] / 1e9:.1f} "
+          f"({100 * r['scan_flop_per_s'] / peak:.1f}%) | {r['Python loop_ms_per_step']:.3f} | "
+          f"{r['Python loop_flop_per_s'] / 1e9:.1f} "
+          f"({100 * r['Python loop_flop_per_s'] / peak:.1f}%) |")
   return '\n'.join(lines) + '\n'
 
 
@@ -271,8 +338,9 @@ def main(argv=None) -> dict:
   load = os.getloadavg()[0]
   recipes = [bench_recipe(kd, num_steps=num_steps, repeats=args.repeats) for kd in (True, False)]
   overhead = bench_kd_overhead(num_steps=num_steps, repeats=args.repeats)
+  efficiency = bench_efficiency(num_steps=max(num_steps // 5, 2), repeats=args.repeats)
   result = {**machine(load), 'matmul_peak_flop_per_s': matmul_peak(), 'recipes': recipes,
-            'kd_overhead': overhead}
+            'kd_overhead': overhead, 'efficiency': efficiency}
   return write_report(args.out, result, markdown)
 
 
