@@ -1,6 +1,8 @@
 """Tests for kdjax.checkpoint and the resume path of kdjax.train.fit."""
 
+import json
 import os
+import re
 
 import chex
 import jax
@@ -145,3 +147,133 @@ def test_keep_steps_survive_and_early_teacher_loads(tmp_path):
   assert not np.allclose(early['params']['dense1']['kernel'],
                          final['params']['dense1']['kernel'])
   chex.assert_trees_all_equal(final['params'], jax.device_get(result.state.params))
+
+
+# ------------------------------------------------------------- corrupted checkpoints
+
+# A failed tensorstore read leaves orbax callbacks on a closed asyncio loop; pytest
+# reports them as "unraisable" exceptions. They are noise, not the tested behaviour.
+_orbax_read_noise = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+
+
+def _corrupt(path, how):
+  """Damages a real file that orbax wrote: truncated to 0 bytes or half, or overwritten."""
+  raw = open(path, 'rb').read()
+  new = {'empty': b'', 'half': raw[:len(raw) // 2],
+         'garbage': np.random.default_rng(0).bytes(len(raw)),
+         'one_digit': raw.replace(b'4', b'5', 1)}[how]
+  assert new != raw
+  with open(path, 'wb') as f:
+    f.write(new)
+
+
+def _item_file(step_dir, item):
+  """The file of ``item`` in a step directory: the arrays, or a JSON record."""
+  if item == 'arrays':
+    (name,) = os.listdir(step_dir / 'state' / 'd')
+    return step_dir / 'state' / 'd' / name
+  return step_dir / {'tree': 'state/_METADATA', 'data': 'data/metadata',
+                     'meta': 'meta/metadata'}[item]
+
+
+def _two_steps(directory):
+  states = {1: _state(seed=1), 2: _state(seed=2)}
+  with checkpoint.Checkpointer(directory) as ckpt:
+    for s, state in states.items():
+      ckpt.save(s, state, data_state={'i': s * 2}, meta={'teacher': f'/t/{s * 2}'})
+  return states
+
+
+@_orbax_read_noise
+@pytest.mark.parametrize('item', ['arrays', 'tree', 'data', 'meta'])
+@pytest.mark.parametrize('how', ['empty', 'half', 'garbage'])
+def test_restore_skips_a_corrupt_newest_step_with_a_warning(tmp_path, item, how):
+  states = _two_steps(tmp_path)
+  _corrupt(_item_file(tmp_path / '2', item), how)
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step() == 2  # committed by orbax: only reading it back tells
+    with pytest.warns(checkpoint.CorruptCheckpointWarning,
+                      match=rf'corrupt checkpoint {re.escape(str(tmp_path))}/2 .*restored step 1'):
+      restored, data = ckpt.restore(_state(seed=0))
+    assert ckpt.all_steps() == [1] and ckpt.restore_meta() == {'teacher': '/t/2'}
+  chex.assert_trees_all_equal(restored.params, states[1].params)
+  chex.assert_trees_all_equal(restored.opt_state, states[1].opt_state)
+  assert data == {'i': 2}
+  assert sorted(os.listdir(tmp_path)) == ['1', '2.corrupt']  # moved aside, not deleted
+
+
+@pytest.mark.parametrize('item,changed', [('data', {'i': 5}), ('meta', {'teacher': '/t/5'})])
+def test_a_changed_value_in_a_json_record_fails_its_digest(tmp_path, item, changed):
+  _two_steps(tmp_path)
+  path = _item_file(tmp_path / '2', item)
+  _corrupt(path, 'one_digit')  # still valid JSON, with one value changed
+  assert changed.items() <= json.loads(path.read_text()).items()
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with pytest.warns(checkpoint.CorruptCheckpointWarning, match='SHA-256 digest'):
+      _, data = ckpt.restore(_state())
+  assert data == {'i': 2}
+
+
+@_orbax_read_noise
+def test_fit_resumes_from_the_newest_intact_checkpoint(tmp_path):
+  step = jax.jit(steps.make_train_step())
+  rng = jax.random.key(5)
+  full = train.fit(_state(), step, _Batches(), num_steps=12, rng=rng, progress=False,
+                   log_every=4)
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+    train.fit(_state(), step, _Batches(), num_steps=8, rng=rng, checkpointer=ckpt,
+              checkpoint_every=4, progress=False, log_every=4)
+  _corrupt(_item_file(tmp_path / '8', 'arrays'), 'half')
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+    with pytest.warns(checkpoint.CorruptCheckpointWarning, match=rf'{re.escape(str(tmp_path))}/8 '):
+      resumed = train.fit(_state(), step, _Batches(), num_steps=12, rng=rng,
+                          checkpointer=ckpt, checkpoint_every=4, progress=False, log_every=4)
+    assert ckpt.all_steps() == [4, 8, 12]  # step 8 saved again, from the resumed run
+  assert resumed.resumed_from == 4
+  chex.assert_trees_all_equal(resumed.state.params, full.state.params)
+  chex.assert_trees_all_equal(resumed.state.opt_state, full.state.opt_state)
+  assert (tmp_path / '8.corrupt').is_dir()
+
+
+@_orbax_read_noise
+def test_every_step_corrupt_is_a_clear_error_and_renames_nothing(tmp_path):
+  _two_steps(tmp_path)
+  _corrupt(_item_file(tmp_path / '1', 'arrays'), 'empty')
+  _corrupt(_item_file(tmp_path / '2', 'data'), 'half')
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoint.CorruptCheckpointError,
+                       match=rf'Every checkpoint .*steps \[2, 1\].*{re.escape(str(tmp_path))}/2,'):
+      ckpt.restore(_state())
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoint.CorruptCheckpointError, match='start the run over'):
+      train.fit(_state(), jax.jit(steps.make_train_step()), _Batches(), num_steps=4,
+                rng=jax.random.key(0), checkpointer=ckpt, progress=False, log_every=2)
+  assert sorted(os.listdir(tmp_path)) == ['1', '2']
+
+
+@_orbax_read_noise
+def test_a_corrupt_explicit_step_or_teacher_is_not_replaced(tmp_path):
+  _two_steps(tmp_path)
+  _corrupt(_item_file(tmp_path / '2', 'arrays'), 'garbage')
+  names_it = rf'{re.escape(str(tmp_path))}/2 cannot'
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=names_it):
+      ckpt.restore(_state(), step=2)
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=names_it):
+    checkpoint.load_variables(tmp_path)
+  checkpoint.load_variables(tmp_path, step=1)
+  assert sorted(os.listdir(tmp_path)) == ['1', '2']
+
+
+@_orbax_read_noise
+def test_a_template_that_does_not_fit_is_not_mistaken_for_corruption(tmp_path):
+  _two_steps(tmp_path)
+  module = models.MLP(hidden=(5,), num_classes=3)
+  other = TrainState.create(
+      apply_fn=module, tx=optax.adam(1e-2),
+      variables=models.init_variables(module, jax.random.key(0), jnp.ones((1, 4))))
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(ValueError) as e:
+      ckpt.restore(other)
+  assert not isinstance(e.value, checkpoint.CorruptCheckpointError)
+  assert sorted(os.listdir(tmp_path)) == ['1', '2']

@@ -376,8 +376,9 @@ def load(
     A :class:`Source` (or the raw TFDS source if ``raw``).
 
   Raises:
-    ValueError: for an unknown dataset name (the message names it) or a bad
-      ``download`` value.
+    ValueError: for an unknown dataset name (the message names it), a bad
+      ``download`` value, or a local dataset with a ``label`` outside
+      ``[0, num_classes)`` (checked once per load, over the whole split).
     DatasetNotPreparedError: (a ``FileNotFoundError``) for a TFDS dataset that
       is not prepared in ``data_dir`` while ``download`` is off.
 
@@ -404,7 +405,48 @@ def load(
     return records
   if in_memory is None:
     in_memory = meta.local
-  return Source(records, meta, name=name, split=split, in_memory=in_memory)
+  source = Source(records, meta, name=name, split=split, in_memory=in_memory)
+  if meta.local:
+    _check_labels(source, where=os.fspath(builder.data_dir))
+  return source
+
+
+def _check_labels(source: Source, *, where: Optional[str] = None) -> None:
+  """Checks once that every ``label`` of ``source`` is in ``[0, num_classes)``.
+
+  :func:`load` calls it for local datasets, so that a corrupt or mis-built
+  split fails at load instead of training on garbage. It is one vectorised
+  pass over the label column: free for an in-memory source (its arrays are
+  already read), one read of the split otherwise.
+
+  Args:
+    source: a :class:`Source` (unlabeled or empty sources pass).
+    where: where the data live (named in the error).
+
+  Raises:
+    ValueError: naming ``label``, the dataset and split, and the offending
+      values, if any label is out of range (or not an integer).
+  """
+  if not source.labeled or not len(source):
+    return
+  arrays = source._arrays if source.in_memory else source._read_raw(np.arange(len(source)))
+  labels = np.asarray(arrays['label']).reshape(-1)
+  num_classes = source.info.num_classes
+  if not np.issubdtype(labels.dtype, np.integer):
+    bad = np.ones(labels.shape, bool)
+  else:
+    bad = (labels < 0) | (labels >= num_classes)
+  if not bad.any():
+    return
+  values = np.unique(labels[bad])
+  shown = values[:10].tolist()
+  more = f' and {len(values) - 10} more' if len(values) > 10 else ''
+  raise ValueError(
+      f'Dataset {source.name!r} split {source.split!r}: {int(bad.sum())} of {len(labels)} '
+      f'`label` values are outside [0, {num_classes}): {shown}{more} (e.g. at records '
+      f'{np.flatnonzero(bad)[:5].tolist()}). The prepared files'
+      f'{f" under {where}" if where else ""} are corrupt or were built for another number '
+      'of classes; delete them to rebuild the dataset.')
 
 
 def prepare(
