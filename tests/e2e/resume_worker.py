@@ -26,6 +26,15 @@ def slow(example, rng):
   return example
 
 
+def write_result(result, out):
+  """Saves a run's final params and optimizer state (``out``.npz) and facts (``out``.json)."""
+  leaves = jax.tree.leaves(jax.device_get((result.state.params, result.state.opt_state)))
+  np.savez(out, *[np.asarray(x) for x in leaves])
+  with open(out + '.json', 'w') as f:
+    json.dump({'resumed_from': result.fit.resumed_from, 'step': int(result.state.step),
+               'accuracy': result.metrics['accuracy']}, f)
+
+
 def main(data_dir, teacher_dir, workdir, out):
   train = kdata.load('digits', 'train', data_dir=data_dir)
   test = kdata.load('digits', 'test', data_dir=data_dir)
@@ -35,11 +44,7 @@ def main(data_dir, teacher_dir, workdir, out):
       terms=(steps.task_ce(0.5), steps.soft_kd(0.5, temperature=2.0)),
       teacher=models.MLP(hidden=(32,), num_classes=10), teacher_checkpoint=teacher_dir,
       transform=slow, workdir=workdir, checkpoint_every=20, progress=False)
-  leaves = jax.tree.leaves(jax.device_get((result.state.params, result.state.opt_state)))
-  np.savez(out, *[np.asarray(x) for x in leaves])
-  with open(out + '.json', 'w') as f:
-    json.dump({'resumed_from': result.fit.resumed_from, 'step': int(result.state.step),
-               'accuracy': result.metrics['accuracy']}, f)
+  write_result(result, out)
 
 
 if __name__ == '__main__':

@@ -16,17 +16,15 @@ Only this test process is patched; the library is not.
 """
 
 import asyncio
-import json
 import os
 import sys
 
-import jax
-import numpy as np
 from orbax.checkpoint._src.path import atomicity
 
 from kdjax import data as kdata
 from kdjax import models
 from kdjax import runs
+from tests.e2e.resume_worker import write_result
 
 
 NUM_STEPS = 100
@@ -62,11 +60,7 @@ def main(data_dir, workdir, out):
       eval_data=kdata.load('digits', 'test', data_dir=data_dir),
       num_steps=NUM_STEPS, batch_size=32, seed=3, learning_rate=3e-3, workdir=workdir,
       checkpoint_every=CHECKPOINT_EVERY, log_every=CHECKPOINT_EVERY, progress=False)
-  leaves = jax.tree.leaves(jax.device_get((result.state.params, result.state.opt_state)))
-  np.savez(out, *[np.asarray(x) for x in leaves])
-  with open(out + '.json', 'w') as f:
-    json.dump({'resumed_from': result.fit.resumed_from, 'step': int(result.state.step),
-               'accuracy': result.metrics['accuracy']}, f)
+  write_result(result, out)
 
 
 if __name__ == '__main__':
