@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from kdjax.state import select
@@ -117,9 +118,9 @@ def clean_labels(batch: Mapping[str, Any], num_classes: int, *,
                  axis_name: Optional[str] = None) -> tuple[dict, dict]:
   """Excludes rows whose label lies outside ``[0, num_classes)`` (traced-safe).
 
-  Concrete labels are rejected by the losses themselves; inside a jitted step
-  they are tracers, so the step cannot raise. Instead the offending rows are
-  masked out (their label is replaced by 0 so that no loss reads an invalid
+  Concrete labels (a step called without ``jit``) raise; inside a jitted
+  step they are tracers, so the step cannot raise. Instead the offending rows
+  are masked out (their label is replaced by 0 so that no loss reads an invalid
   index), and the count and one offending value are reported, for
   :func:`kdjax.train.fit` to stop with an error naming the step.
 
@@ -134,9 +135,16 @@ def clean_labels(batch: Mapping[str, Any], num_classes: int, *,
     (``{}`` for an unlabeled batch). ``invalid_label`` is the first offending
     label of this shard, 0 when there is none.
 
+  Raises:
+    ValueError: for concrete labels out of range in unmasked rows.
+
   Examples:
-    >>> import jax.numpy as jnp
-    >>> batch, m = clean_labels({'label': jnp.array([0, 12, 2])}, 10)
+    >>> import jax, jax.numpy as jnp
+    >>> clean_labels({'label': jnp.array([0, 12, 2])}, 10)
+    Traceback (most recent call last):
+    ...
+    ValueError: `batch['label']` must be class indices in [0, 10) ... got 12 at index (1,).
+    >>> batch, m = jax.jit(clean_labels, static_argnums=1)({'label': jnp.array([0, 12, 2])}, 10)
     >>> batch['label'].tolist(), batch['mask'].tolist(), int(m['invalid_labels'])
     ([0, 0, 2], [True, False, True], 1)
     >>> int(m['invalid_label'])
@@ -149,6 +157,15 @@ def clean_labels(batch: Mapping[str, Any], num_classes: int, *,
   mask = jnp.ones(labels.shape[:1], bool) if mask is None else jnp.asarray(mask, bool)
   invalid = (labels < 0) | (labels >= num_classes)
   row_invalid = invalid.reshape(labels.shape[0], -1).any(axis=1) & mask
+  try:
+    bad = np.argwhere(np.asarray(invalid & mask.reshape(mask.shape + (1,) * (invalid.ndim - 1))))
+  except jax.errors.TracerArrayConversionError:
+    bad = ()
+  if len(bad):  # concrete labels (an eager step) can raise
+    values = np.asarray(labels)
+    shown = ', '.join(f'{values[tuple(i)]} at index {tuple(int(j) for j in i)}' for i in bad[:5])
+    raise ValueError(f"`batch['label']` must be class indices in [0, {num_classes}) (the "
+                     f"logits have {num_classes} classes), got {shown}.")
   first = jnp.argmax(invalid.reshape(-1) & jnp.repeat(mask, invalid[0].size))
   metrics = {
       'invalid_labels': psum(jnp.sum(row_invalid).astype(jnp.int32), axis_name),
