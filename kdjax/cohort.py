@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kdjax import _evaluation
 from kdjax import _update
 from kdjax import losses
 from kdjax._update import batch_mean
@@ -591,9 +592,9 @@ def make_cohort_eval_step(*, axis_name: Optional[str] = None,
     def total(v):  # [..., B] -> [...] masked sums
       return psum(jnp.sum(jnp.where(mask, v, 0.0), axis=-1))
 
-    correct = total((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-    loss = total(losses.cross_entropy(logits, jnp.broadcast_to(labels, logits.shape[:-1])))
-    correct, loss = axis.gather_exact(correct), axis.gather_exact(loss)
+    peer_sums = psum(_evaluation.classification_sums(logits, labels, mask))
+    correct = axis.gather_exact(peer_sums['correct'])
+    loss = axis.gather_exact(peer_sums['loss_sum'])
     ens_correct, ens_nll = _ensemble(axis.gather(logits), labels)
     sums = {'count': psum(jnp.sum(mask).astype(jnp.float32)),
             'ensemble_correct': axis.from_first(total(ens_correct)),
@@ -633,13 +634,7 @@ def evaluate_cohort(eval_step: Callable, cohort: CohortState,
     >>> out['accuracy/0'], out['ensemble_accuracy'], out['count']
     (0.5, 0.5, 2.0)
   """
-  totals = None
-  for batch in batches:
-    sums = eval_step(cohort, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    raise ValueError('`batches` is empty: nothing to evaluate.')
-  totals = {k: float(np.asarray(v)) for k, v in jax.device_get(totals).items()}
+  totals = {k: float(v) for k, v in _evaluation.accumulate(eval_step, batches, cohort).items()}
   count = max(totals['count'], 1.0)
   out = {}
   num_peers = sum(1 for k in totals if k.startswith('correct/'))

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import _evaluation
 from kdjax import _update
 from kdjax import losses
 from kdjax._update import batch_mean
@@ -523,16 +524,10 @@ def make_heads_eval_step(apply_fn, *, feature: str, axis_name: Optional[str] = N
     heads = _feature(out, feature, 'make_heads_eval_step')
     labels = batch['label']
     mask = batch.get('mask', jnp.ones(labels.shape, bool))
-
-    def sums(logits):
-      return (jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == labels, False)),
-              jnp.sum(jnp.where(mask, losses.cross_entropy(logits, labels), 0.0)))
-
-    correct, loss_sum = sums(out.logits)
-    head_correct, head_loss_sum = jax.vmap(sums)(heads)
-    result = {'correct': correct, 'loss_sum': loss_sum, 'count': jnp.sum(mask),
-              'head_correct': head_correct, 'head_loss_sum': head_loss_sum}
-    result = {k: v.astype(jnp.float32) for k, v in result.items()}
+    head = _evaluation.classification_sums(heads, labels, mask)
+    result = dict(_evaluation.classification_sums(out.logits, labels, mask),
+                  count=jnp.sum(mask).astype(jnp.float32),
+                  head_correct=head['correct'], head_loss_sum=head['loss_sum'])
     return result if axis_name is None else jax.lax.psum(result, axis_name)
 
   return eval_step
@@ -567,13 +562,7 @@ def evaluate_heads(eval_step: Callable, variables: Any, batches: Iterable[Mappin
     >>> r['accuracy'], r['accuracy/exit1'], r['accuracy/exit2']
     (1.0, 1.0, 0.0)
   """
-  totals = None
-  for batch in batches:
-    sums = eval_step(variables, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    raise ValueError('`batches` is empty: nothing to evaluate.')
-  totals = jax.tree.map(np.asarray, jax.device_get(totals))
+  totals = _evaluation.accumulate(eval_step, batches, variables)
   count = max(float(totals['count']), 1.0)
   result = {'accuracy': float(totals['correct']) / count,
             'loss': float(totals['loss_sum']) / count, 'count': float(totals['count'])}

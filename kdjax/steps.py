@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax import _evaluation
 from kdjax import _update
 from kdjax import losses
 from kdjax._update import all_finite  # noqa: F401 (re-exported)
@@ -376,7 +377,7 @@ def make_eval_step(apply_fn, *, axis_name: Optional[str] = None):
     >>> eval_step = make_eval_step(function_forward(lambda p, x: x))
     >>> batch = {'x': jnp.eye(3), 'label': jnp.array([0, 2, 2]), 'mask': jnp.array([1, 1, 0], bool)}
     >>> {k: float(v) for k, v in eval_step({'params': {}}, batch).items()}
-    {'correct': 1.0, 'count': 2.0, 'loss_sum': 2.10...}
+    {'correct': 1.0, 'loss_sum': 2.10..., 'count': 2.0}
   """
   forward = as_forward(apply_fn)
 
@@ -384,12 +385,8 @@ def make_eval_step(apply_fn, *, axis_name: Optional[str] = None):
     logits = forward(variables, batch['x'], train=False).logits
     labels = batch['label']
     mask = batch.get('mask', jnp.ones(labels.shape, bool))
-    sums = {
-        'correct': jnp.sum(jnp.where(mask, jnp.argmax(logits, -1) == labels, False)),
-        'count': jnp.sum(mask),
-        'loss_sum': jnp.sum(jnp.where(mask, losses.cross_entropy(logits, labels), 0.0)),
-    }
-    sums = {k: v.astype(jnp.float32) for k, v in sums.items()}
+    sums = dict(_evaluation.classification_sums(logits, labels, mask),
+                count=jnp.sum(mask).astype(jnp.float32))
     return sums if axis_name is None else jax.lax.psum(sums, axis_name)
 
   return eval_step

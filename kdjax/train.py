@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm.auto as tqdm
 
+from kdjax import _evaluation
 from kdjax.checkpoint import Checkpointer
 
 
@@ -101,16 +102,10 @@ def evaluate(eval_step: Callable, variables: Any, batches: Iterable[Mapping[str,
     >>> evaluate(step, {'params': {}}, batches)['accuracy']
     0.5
   """
-  totals = None
-  for batch in batches:
-    sums = eval_step(variables, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    raise ValueError('`batches` is empty: nothing to evaluate.')
-  totals = jax.tree.map(float, jax.device_get(totals))
-  count = max(totals['count'], 1.0)
-  return {'accuracy': totals['correct'] / count, 'loss': totals['loss_sum'] / count,
-          'count': totals['count']}
+  totals = _evaluation.accumulate(eval_step, batches, variables)
+  count = max(float(totals['count']), 1.0)
+  return {'accuracy': float(totals['correct']) / count,
+          'loss': float(totals['loss_sum']) / count, 'count': float(totals['count'])}
 
 
 @dataclasses.dataclass

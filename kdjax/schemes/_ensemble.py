@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import _evaluation
 from kdjax import checkpoint
 from kdjax import data as kdata
 from kdjax import models as kmodels
@@ -227,14 +228,9 @@ def evaluate_ensemble(members: Sequence[Member], eval_data: Any, *, batch_size: 
 
   pipeline = kdata.make_pipeline(eval_data, batch_size=batch_size, seed=0, shuffle=False,
                                  drop_remainder=False, num_epochs=1)
-  totals = None
-  for batch in pipeline:
-    batch = {k: batch[k] for k in ('x', 'label', 'mask') if k in batch}
-    s = sums(variables, batch)
-    totals = s if totals is None else jax.tree.map(jnp.add, totals, s)
-  if totals is None:
-    raise ValueError('`eval_data` is empty: nothing to evaluate.')
-  totals = jax.tree.map(np.asarray, jax.device_get(totals))
+  batches = ({k: b[k] for k in ('x', 'label', 'mask') if k in b} for b in pipeline)
+  totals = _evaluation.accumulate(sums, batches, variables,
+                                  empty='`eval_data` is empty: nothing to evaluate.')
   count = max(float(totals['count']), 1.0)
   member_acc = [float(c) / count for c in totals['member_correct']]
   return {
