@@ -9,7 +9,7 @@ supervision without self-distillation); and the same network without auxiliary
 heads (the zoo ``cnn1d``) trained alone. All runs of a seed share the data
 order. Reported: the test accuracy of every exit against the plain network,
 and the accuracy/compute trade-off of exiting at the first head whose
-confidence passes a threshold (:func:`kdjax.online.early_exit_table`, compute
+confidence passes a threshold (:func:`experiments.early_exit.early_exit_table`, compute
 in XLA-counted FLOPs).
 
 Usable from a notebook::
@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from experiments import common
+from experiments import early_exit
 from experiments import report as report_lib
 from experiments import stats
 from experiments.dml import eval_batches
@@ -81,7 +82,7 @@ def run(config) -> list[dict]:
   num_exits = byot_model.num_exits
   input_shape = (1,) + tuple(sample_x.shape[1:])
   plain_flops = models.flops(plain_model, input_shape)
-  exit_costs = online.exit_flops(byot_model, input_shape)
+  exit_costs = early_exit.exit_flops(byot_model, input_shape)
   common_hp = {'num_steps': config.num_steps, 'batch_size': config.batch_size,
                'learning_rate': config.learning_rate, 'model': model_kw,
                'data_samples': config.data_samples}
@@ -117,9 +118,9 @@ def run(config) -> list[dict]:
                         + (' (deepest)' if k == num_exits else ''), 'exit_index': k,
                         'accuracy': ev[f'accuracy/exit{k}'], 'nll': ev[f'loss/exit{k}'],
                         'flops': exit_costs[k - 1]})
-      logits, labels = online.collect_head_logits(byot_fwd, variables, eval_batches(test_src),
-                                                  feature='exit_logits')
-      for row in online.early_exit_table(logits, labels, thresholds, exit_costs=exit_costs):
+      logits, labels = early_exit.collect_head_logits(
+          byot_fwd, variables, eval_batches(test_src), feature='exit_logits')
+      for row in early_exit.early_exit_table(logits, labels, thresholds, exit_costs=exit_costs):
         exit_records.append({
             'seed': seed, 'model': name, 'threshold': row['threshold'],
             'label': _threshold_label(row['threshold']), 'accuracy': row['accuracy'],
@@ -209,10 +210,10 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
                   next(r['accuracy_mean'] for r in agg
                        if r['model'] == primary and r['exit_index'] == k))
                  for k in range(1, num_exits + 1)]
-  online.plot_early_exit(primary_table, os.path.join(out_dir, 'early_exit.png'),
-                         x='flops_vs_plain', head_points=head_points,
-                         title=f'{primary}: early exit (mean over '
-                         f'{len(common.seeds_of(records))} seeds)')
+  early_exit.plot_early_exit(primary_table, os.path.join(out_dir, 'early_exit.png'),
+                             x='flops_vs_plain', head_points=head_points,
+                             title=f'{primary}: early exit (mean over '
+                             f'{len(common.seeds_of(records))} seeds)')
 
   # Verdict.
   by = {(r['model'], r['exit_index']): r for r in rows}
@@ -271,7 +272,8 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       'the runs of a seed share the data order (and the BYOT variants the initialisation). '
       '"Δ" is the per-seed difference to the plain network; accuracies are mean ± std over '
       'seeds. FLOPs: XLA cost analysis per example (`kdjax.models.flops`, '
-      '`kdjax.online.exit_flops`: exiting at exit k runs stages and heads 1..k); plain CNN1D '
+      '`experiments.early_exit.exit_flops`: exiting at exit k runs stages and heads 1..k); '
+      'plain CNN1D '
       f'{plain_flops:,.0f}, BYOT exits ' + ', '.join(f'{c:,.0f}' for c in exit_costs) + ' '
       '(the FLOPs column of an exit counts every shallow head checked before it; the deepest '
       'exit deployed alone, with the shallow heads dropped, costs what the plain network '
@@ -279,7 +281,7 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       + common.comparison_lines(list(cmp.values())) + '\n\n'
       '## Early exit\n\nEach test example leaves at the first exit whose top softmax '
       'probability reaches the threshold (the deepest exit answers otherwise); '
-      '`kdjax.online.early_exit_table`. Also in `early_exit.md` / `.csv`.\n\n'
+      '`experiments.early_exit.early_exit_table`. Also in `early_exit.md` / `.csv`.\n\n'
       + report_lib.markdown_table(exit_rows, EXIT_COLUMNS) + '\n\n'
       'Plots: `byot_exits.png` (accuracy of each exit), `early_exit.png` (accuracy vs compute '
       f'for {primary}, with each exit alone), `early_exit_variants.png` (all variants). Total '

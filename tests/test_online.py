@@ -18,6 +18,8 @@ import optax
 import pytest
 from scipy import special
 
+from experiments import early_exit
+from kdjax import losses
 from kdjax import models
 from kdjax import online
 from kdjax.state import TrainState
@@ -281,9 +283,9 @@ def test_one_loss_matches_reference(tau, lead):
   y = rng.integers(0, c, size=lead).astype(np.int32)
   for tgt in (None, target):
     ce_b, ce_e, kl = _one_ref(branches, ensemble, y, tau, tgt)
-    loss = jax.jit(functools.partial(online.one_loss, temperature=tau))(
+    loss = jax.jit(functools.partial(losses.one_loss, temperature=tau))(
         branches, ensemble, y, target_logits=tgt)
-    terms = jax.jit(functools.partial(online.one_loss_terms, temperature=tau))(
+    terms = jax.jit(functools.partial(losses.one_loss_terms, temperature=tau))(
         branches, ensemble, y, target_logits=tgt)
     assert loss.shape == lead
     np.testing.assert_allclose(loss, ce_b + ce_e + kl, rtol=1e-5, atol=1e-6)
@@ -296,7 +298,7 @@ def test_one_loss_grads():
   rng = np.random.default_rng(1)
   b, e = rng.normal(size=(2, 3, 4)), rng.normal(size=(3, 4))
   y = np.array([0, 3, 1])
-  jax.test_util.check_grads(jax.jit(lambda b, e: online.one_loss(b, e, y).sum()), (b, e),
+  jax.test_util.check_grads(jax.jit(lambda b, e: losses.one_loss(b, e, y).sum()), (b, e),
                             order=1, modes=['rev'])
 
 
@@ -312,7 +314,7 @@ def test_one_loss_bad_inputs(args, kwargs, match):
   branches, ensemble = np.zeros(shapes[0], np.float32), np.zeros(shapes[1], np.float32)
   labels = np.zeros(shapes[2], np.int32)
   with pytest.raises(ValueError, match=match):
-    online.one_loss(branches, ensemble, labels, **kwargs)
+    losses.one_loss(branches, ensemble, labels, **kwargs)
 
 
 # -------------------------------------------------------------- BYOT loss
@@ -327,18 +329,18 @@ def test_byot_loss_matches_reference(alpha, tau, lam, fshape):
   y = rng.integers(0, c, size=b).astype(np.int32)
   tz = rng.normal(size=(b, c)).astype(np.float32)
   tf = rng.normal(size=(b,) + fshape).astype(np.float32)
-  fn = jax.jit(functools.partial(online.byot_loss, alpha=alpha, temperature=tau,
+  fn = jax.jit(functools.partial(losses.byot_loss, alpha=alpha, temperature=tau,
                                  feature_weight=lam))
   np.testing.assert_allclose(fn(z, f, y), _byot_ref(z, f, y, alpha, tau, lam),
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fn(z, f, y, target_logits=tz, target_features=tf),
                              _byot_ref(z, f, y, alpha, tau, lam, tz, tf), rtol=1e-5, atol=1e-5)
-  mean = functools.partial(online.byot_loss, alpha=alpha, temperature=tau, feature_weight=lam,
+  mean = functools.partial(losses.byot_loss, alpha=alpha, temperature=tau, feature_weight=lam,
                            feature_reduction='mean')
   np.testing.assert_allclose(jax.jit(mean)(z, f, y),
                              _byot_ref(z, f, y, alpha, tau, lam, reduction='mean'),
                              rtol=1e-5, atol=1e-5)
-  terms = jax.jit(functools.partial(online.byot_loss_terms, alpha=alpha, temperature=tau,
+  terms = jax.jit(functools.partial(losses.byot_loss_terms, alpha=alpha, temperature=tau,
                                     feature_weight=lam))(z, f, y)
   assert {t.shape for t in terms.values()} == {(k, b)}
   # The deepest exit gets the plain cross-entropy and nothing else.
@@ -350,13 +352,13 @@ def test_byot_loss_matches_reference(alpha, tau, lam, fshape):
 def test_byot_loss_single_exit_is_cross_entropy():
   rng = np.random.default_rng(3)
   z, f, y = rng.normal(size=(1, 4, 3)), rng.normal(size=(1, 4, 2)), np.array([0, 1, 2, 0])
-  np.testing.assert_allclose(online.byot_loss(z, f, y), _ce(z[0], y), rtol=1e-5)
+  np.testing.assert_allclose(losses.byot_loss(z, f, y), _ce(z[0], y), rtol=1e-5)
 
 
 def test_byot_loss_grads():
   rng = np.random.default_rng(4)
   z, f, y = rng.normal(size=(3, 2, 4)), rng.normal(size=(3, 2, 5)), np.array([1, 2])
-  jax.test_util.check_grads(jax.jit(lambda z, f: online.byot_loss(z, f, y).sum()), (z, f),
+  jax.test_util.check_grads(jax.jit(lambda z, f: losses.byot_loss(z, f, y).sum()), (z, f),
                             order=1, modes=['rev'])
 
 
@@ -369,12 +371,12 @@ def test_byot_loss_grads():
 def test_byot_loss_bad_options(kwargs, match):
   z, f, y = np.zeros((3, 4, 5)), np.zeros((3, 4, 2)), np.zeros(4, np.int32)
   with pytest.raises(ValueError, match=match):
-    online.byot_loss(z, f, y, **kwargs)
+    losses.byot_loss(z, f, y, **kwargs)
 
 
 def test_byot_loss_feature_leading_axes_must_match():
   with pytest.raises(ValueError, match='exit_features'):
-    online.byot_loss(np.zeros((3, 4, 5)), np.zeros((2, 4, 2)), np.zeros(4, np.int32))
+    losses.byot_loss(np.zeros((3, 4, 5)), np.zeros((2, 4, 2)), np.zeros(4, np.int32))
 
 
 # ---------------------------------------------- steps: targets held constant
@@ -417,7 +419,7 @@ def test_one_step_holds_the_ensemble_target_constant():
   def full(p, stop):
     ens, feats = _toy_one(p, x)
     target = jax.lax.stop_gradient(ens) if stop else ens
-    return jnp.mean(online.one_loss(feats['branch_logits'], ens, y, temperature=tau,
+    return jnp.mean(losses.one_loss(feats['branch_logits'], ens, y, temperature=tau,
                                     target_logits=target))
 
   loss_and_grad = jax.jit(jax.value_and_grad(full), static_argnums=1)
@@ -472,7 +474,7 @@ def test_byot_step_holds_the_deepest_exit_constant():
     _, feats = _toy_byot(p, x)
     z, f = feats['exit_logits'], feats['exit_features']
     sg = jax.lax.stop_gradient if stop else (lambda a: a)
-    return jnp.mean(online.byot_loss(z, f, y, alpha=alpha, temperature=tau, feature_weight=lam,
+    return jnp.mean(losses.byot_loss(z, f, y, alpha=alpha, temperature=tau, feature_weight=lam,
                                      target_logits=sg(z[-1]), target_features=sg(f[-1])))
 
   loss_and_grad = jax.jit(jax.value_and_grad(full), static_argnums=1)
@@ -636,7 +638,7 @@ def test_early_exit_table_thresholds():
   z = (rng.normal(size=(k, n, c)) * np.array([1.0, 2.0, 4.0])[:, None, None]).astype(np.float32)
   y = rng.integers(0, c, size=n)
   costs = [1.0, 2.5, 4.0]
-  rows = online.early_exit_table(z, y, [0.0, 0.5, 0.8, 1.01], exit_costs=costs)
+  rows = early_exit.early_exit_table(z, y, [0.0, 0.5, 0.8, 1.01], exit_costs=costs)
   head_acc = (z.argmax(-1) == y).mean(axis=1)
   # Threshold 0: everyone leaves at head 1.
   assert rows[0]['mean_stages'] == 1.0 and rows[0]['exit1_fraction'] == 1.0
@@ -657,9 +659,9 @@ def test_early_exit_table_thresholds():
 
 def test_early_exit_table_bad_shapes():
   with pytest.raises(ValueError, match='exit_logits'):
-    online.early_exit_table(np.zeros((4, 3)), np.zeros(4), [0.5])
+    early_exit.early_exit_table(np.zeros((4, 3)), np.zeros(4), [0.5])
   with pytest.raises(ValueError, match='exit_costs'):
-    online.early_exit_table(np.zeros((2, 4, 3)), np.zeros(4), [0.5], exit_costs=[1.0])
+    early_exit.early_exit_table(np.zeros((2, 4, 3)), np.zeros(4), [0.5], exit_costs=[1.0])
 
 
 def test_early_exit_on_a_model_with_flops_and_plot(tmp_path):
@@ -668,19 +670,19 @@ def test_early_exit_on_a_model_with_flops_and_plot(tmp_path):
   variables = _fake_variables(model, data['x'])
   batches = [{'x': data['x'][:6], 'label': data['label'][:6]},
              {'x': data['x'][6:], 'label': data['label'][6:], 'mask': np.arange(4) < 3}]
-  z, y = online.collect_head_logits(model, variables, batches)
+  z, y = early_exit.collect_head_logits(model, variables, batches)
   assert z.shape == (3, 9, 3) and y.shape == (9,)
   full = jax.jit(functools.partial(models.linen_forward(model), train=False))(
       variables, data['x'][:9])
   np.testing.assert_allclose(z, full.features['exit_logits'], rtol=1e-6, atol=1e-6)
 
-  costs = online.exit_flops(model, (1, 40))
+  costs = early_exit.exit_flops(model, (1, 40))
   assert len(costs) == 3 and costs[0] < costs[1] < costs[2]
   # Hand count for exit 1 (2 FLOPs per multiply-add): conv1 19·5·1·4, pointwise
   # conv 5·4·4, classifier 20·3 multiply-adds; pooling, bias and ReLU add a few.
   assert 2 * (19 * 5 * 4 + 5 * 4 * 4 + 20 * 3) <= costs[0] < 1.5 * 2 * (19 * 5 * 4 + 5 * 16 + 60)
 
-  rows = online.early_exit_table(z, y, [0.0, 0.6, 2.0], exit_costs=costs)
+  rows = early_exit.early_exit_table(z, y, [0.0, 0.6, 2.0], exit_costs=costs)
   assert rows[0]['cost'] == costs[0] and rows[-1]['cost'] == costs[-1]
 
   eval_step = jax.jit(online.make_heads_eval_step(model, feature='exit_logits'))
@@ -691,9 +693,9 @@ def test_early_exit_on_a_model_with_flops_and_plot(tmp_path):
   assert rows[-1]['accuracy'] == pytest.approx(heads['accuracy/exit3'])
   np.testing.assert_allclose(heads['loss/exit1'], _ce(z[0], y).mean(), rtol=1e-5)
 
-  path = online.plot_early_exit(rows, tmp_path / 'exit.png',
-                                head_points=[(c / costs[-1], heads[f'accuracy/exit{k}'])
-                                             for k, c in enumerate(costs, start=1)])
+  path = early_exit.plot_early_exit(rows, tmp_path / 'exit.png',
+                                    head_points=[(c / costs[-1], heads[f'accuracy/exit{k}'])
+                                                 for k, c in enumerate(costs, start=1)])
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert os.path.getsize(path) > 1000

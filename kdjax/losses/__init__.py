@@ -35,6 +35,11 @@ from kdjax.losses._logits import mutual_kl
 from kdjax.losses._logits import teacher_label_smoothing
 from kdjax.losses._logits import topk_distillation
 from kdjax.losses._metric import triplet_distillation
+# Online-distillation objectives (ONE, BYOT).
+from kdjax.losses._online import byot_loss
+from kdjax.losses._online import byot_loss_terms
+from kdjax.losses._online import one_loss
+from kdjax.losses._online import one_loss_terms
 from kdjax.losses._relational import cc_loss
 from kdjax.losses._relational import crd_nce
 from kdjax.losses._relational import pkt
@@ -48,10 +53,3 @@ from kdjax.losses._segmentation import pairwise_similarity_kd
 from kdjax.losses._segmentation import pixelwise_kd
 from kdjax.losses._transformer import attention_kl
 from kdjax.losses._transformer import hidden_state_mse
-
-
-# [logits: more names here]
-
-# [features: names here]
-
-# [tasks: names here]
