@@ -7,11 +7,11 @@ same extra supervision does not help (the paper sees it hurt ResNet50).
 
 Each model is trained normally and with NetAug for the same steps, optimizer,
 data order and seeds. The NetAug model's base is exported as a plain
-``MLP``/``CNN1D`` (:func:`kdjax.schemes.export_base`) and evaluated alone, so
+``MLP``/``CNN1D`` (:func:`kdjax.models.export_base`) and evaluated alone, so
 the reported accuracy is that of a model with exactly the baseline's
 architecture and cost. Train accuracy is reported too, to show which regime
 (under- or over-fitting) each model is in. The data is ``config.dataset``; on
-digits (8×8 images) only MLPs run, since :class:`kdjax.schemes.NetAugCNN1D` is 1-D.
+digits (8×8 images) only MLPs run, since :class:`kdjax.models.NetAugCNN1D` is 1-D.
 
 Usable from a notebook::
 
@@ -95,12 +95,12 @@ def _models(spec, *, augment_factor: float, init_fan: str):
   kwargs = dict(spec.kwargs)
   if spec.kind == 'mlp':
     plain = models.MLP(hidden=tuple(kwargs['hidden']), num_classes=10)
-    wide = schemes.NetAugMLP(hidden=tuple(kwargs['hidden']), num_classes=10,
-                             max_multiplier=augment_factor, init_fan=init_fan)
+    wide = models.NetAugMLP(hidden=tuple(kwargs['hidden']), num_classes=10,
+                            max_multiplier=augment_factor, init_fan=init_fan)
   elif spec.kind == 'cnn1d':
     plain = models.CNN1D(num_classes=10, channels=kwargs['channels'])
-    wide = schemes.NetAugCNN1D(num_classes=10, channels=kwargs['channels'],
-                               max_multiplier=augment_factor, init_fan=init_fan)
+    wide = models.NetAugCNN1D(num_classes=10, channels=kwargs['channels'],
+                              max_multiplier=augment_factor, init_fan=init_fan)
   else:
     raise ValueError(f'Unknown model kind {spec.kind!r}; use mlp or cnn1d.')
   return plain, wide
@@ -167,7 +167,7 @@ def run(config) -> list[dict]:
       if config.sampling == 'switch':
         step = jax.jit(step, donate_argnums=0)
       methods[label] = (_state_fn(wide, sample, tx), step,
-                        jax.jit(lambda v, m=wide: schemes.export_base(m, v)[1]))
+                        jax.jit(lambda v, m=wide: models.export_base(m, v)[1]))
     for seed in config.seeds:
       init_rng, _, step_rng = jax.random.split(jax.random.key(seed), 3)
       for method, (new_state, step_fn, export) in methods.items():

@@ -42,7 +42,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c.augment_factor = 3.0
   c.diversity = 2
   # 'base': the base slice starts as a plainly initialised base model; 'widest': the
-  # widest model is initialised plainly (see kdjax.schemes.NetAugMLP).
+  # widest model is initialised plainly (see kdjax.models.NetAugMLP).
   c.init_fan = 'base'
   c.sampling = 'host'      # one compiled step per width ('switch' is slow for convs on CPU)
   # Learning rates as in the demo: MLP 3e-3, CNN 1e-2 (Adam, cosine decay).
@@ -85,7 +85,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
     })
     c.run_models = ('mlp_tiny4', 'mlp_tiny6', 'mlp_small', 'mlp_large')
     c.notes = (
-        'Digits: MLPs only. The NetAug CNN (`kdjax.schemes.NetAugCNN1D`) is one-dimensional, '
+        'Digits: MLPs only. The NetAug CNN (`kdjax.models.NetAugCNN1D`) is one-dimensional, '
         'so the CNN rows of the MNIST-1D table have no counterpart here. The tiny models are '
         'MLP(4) and MLP(6), not the MNIST-1D table\'s MLP(16): on digits MLP(16) fits the '
         'training set, so it is not tiny in the paper\'s sense (an under-fitting model); it is '

@@ -41,6 +41,12 @@ from kdjax.models._byot import ResNetStem
 # Models.
 from kdjax.models._cnn1d import CNN1D
 from kdjax.models._mlp import MLP
+from kdjax.models._netaug import base_fan_in_init
+from kdjax.models._netaug import export_base
+from kdjax.models._netaug import NetAugCNN1D
+from kdjax.models._netaug import NetAugMLP
+from kdjax.models._netaug import SlicedConv
+from kdjax.models._netaug import SlicedDense
 from kdjax.models._one import CNN1DBranch
 from kdjax.models._one import CNN1DTrunk
 from kdjax.models._one import export_branch
@@ -70,7 +76,6 @@ from kdjax.models._utils import count_params
 from kdjax.models._utils import flops
 from kdjax.models._utils import get_features
 from kdjax.models._utils import sow_feature
-# [one/byot: names here]
 # The model protocol of the train steps, and adapters.
 from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import ForwardFn
@@ -90,6 +95,3 @@ from kdjax.models._wrn import wrn_28_10
 from kdjax.models._wrn import wrn_40_1
 from kdjax.models._wrn import wrn_40_2
 from kdjax.models._wrn import wrn_40_4
-
-
-# [wrappers: names here]

@@ -17,13 +17,7 @@ from kdjax.schemes._ensemble import ensemble_predict
 from kdjax.schemes._ensemble import evaluate_ensemble
 from kdjax.schemes._ensemble import load_members
 from kdjax.schemes._netaug import augment_multipliers
-from kdjax.schemes._netaug import base_fan_in_init
-from kdjax.schemes._netaug import export_base
 from kdjax.schemes._netaug import make_netaug_step
-from kdjax.schemes._netaug import NetAugCNN1D
-from kdjax.schemes._netaug import NetAugMLP
-from kdjax.schemes._netaug import SlicedConv
-from kdjax.schemes._netaug import SlicedDense
 from kdjax.schemes._schedules import complement
 from kdjax.schemes._schedules import constant
 from kdjax.schemes._schedules import cosine_decay

@@ -107,7 +107,7 @@ def _ref_loss_and_grads(params, x, y, width, weight=1.0):
 # ------------------------------------------------------------------ layers
 
 def test_base_fan_in_init_variance():
-  w = netaug.base_fan_in_init(8)(jax.random.key(0), (64, 500))
+  w = models.base_fan_in_init(8)(jax.random.key(0), (64, 500))
   np.testing.assert_allclose(float(jnp.var(w)), 1 / 8, rtol=0.05)
   # the plain layer's initialiser at the base shape has the same variance
   plain = jax.nn.initializers.lecun_normal()(jax.random.key(1), (8, 4000))
@@ -115,13 +115,13 @@ def test_base_fan_in_init_variance():
 
 
 def test_sliced_layers_reject_too_wide():
-  dense = netaug.SlicedDense(max_in=3, max_out=4)
+  dense = models.SlicedDense(max_in=3, max_out=4)
   v = dense.init(jax.random.key(0), jnp.ones((1, 3)), 4)
   with pytest.raises(ValueError, match='features'):
     dense.apply(v, jnp.ones((1, 3)), 5)
   with pytest.raises(ValueError, match='input'):
     dense.apply(v, jnp.ones((1, 4)), 2)
-  conv = netaug.SlicedConv(max_in=1, max_out=4, kernel_size=3)
+  conv = models.SlicedConv(max_in=1, max_out=4, kernel_size=3)
   v = conv.init(jax.random.key(0), jnp.ones((1, 8, 1)), 4)
   with pytest.raises(ValueError, match='features'):
     conv.apply(v, jnp.ones((1, 8, 1)), 0)
@@ -131,7 +131,7 @@ def test_sliced_layers_reject_too_wide():
 
 @pytest.mark.parametrize('multiplier', [1.0, 2.0, 2.5])
 def test_mlp_forward_matches_sliced_reference(multiplier):
-  model = netaug.NetAugMLP(hidden=(3, 4), num_classes=C, max_multiplier=2.5)
+  model = models.NetAugMLP(hidden=(3, 4), num_classes=C, max_multiplier=2.5)
   x = _x((B, D))
   v = _noisy_variables(model, x)
   logits = jax.jit(model.clone(multiplier=multiplier).apply)(v, x)
@@ -141,7 +141,7 @@ def test_mlp_forward_matches_sliced_reference(multiplier):
 
 @pytest.mark.parametrize('multiplier', [1.0, 2.0])
 def test_cnn_forward_matches_sliced_reference(multiplier):
-  model = netaug.NetAugCNN1D(num_classes=C, channels=(2, 3, 2), max_multiplier=2.0)
+  model = models.NetAugCNN1D(num_classes=C, channels=(2, 3, 2), max_multiplier=2.0)
   x = _x((B, 20))
   v = _noisy_variables(model, x)
   logits = jax.jit(model.clone(multiplier=multiplier).apply)(v, x)
@@ -151,7 +151,7 @@ def test_cnn_forward_matches_sliced_reference(multiplier):
 
 
 def test_params_allocated_at_widest_and_shared():
-  model = netaug.NetAugMLP(hidden=(3,), num_classes=C, max_multiplier=3.0)
+  model = models.NetAugMLP(hidden=(3,), num_classes=C, max_multiplier=3.0)
   shapes = [jax.tree.map(jnp.shape, jax.eval_shape(
       model.clone(multiplier=m).init, jax.random.key(0), jnp.zeros((1, D)))) for m in (1, 2, 3)]
   assert shapes[0] == shapes[1] == shapes[2]
@@ -161,7 +161,7 @@ def test_params_allocated_at_widest_and_shared():
 
 def test_init_fan_options():
   x = jnp.zeros((1, 40))
-  base = netaug.NetAugMLP(hidden=(50,), num_classes=C, max_multiplier=4.0)
+  base = models.NetAugMLP(hidden=(50,), num_classes=C, max_multiplier=4.0)
   widest = base.clone(init_fan='widest')
   kb = base.init(jax.random.key(0), x)['params']['classifier']['kernel']    # [200, C]
   kw = widest.init(jax.random.key(0), x)['params']['classifier']['kernel']
@@ -172,11 +172,11 @@ def test_init_fan_options():
 
 
 def test_model_multiplier_out_of_range():
-  model = netaug.NetAugMLP(hidden=(3,), num_classes=C, max_multiplier=2.0, multiplier=2.5)
+  model = models.NetAugMLP(hidden=(3,), num_classes=C, max_multiplier=2.0, multiplier=2.5)
   with pytest.raises(ValueError, match='multiplier'):
     model.init(jax.random.key(0), jnp.zeros((1, D)))
   with pytest.raises(ValueError, match='max_multiplier'):
-    netaug.NetAugCNN1D(max_multiplier=0.5).widths()
+    models.NetAugCNN1D(max_multiplier=0.5).widths()
 
 
 # ------------------------------------------------------------------ export
@@ -184,13 +184,13 @@ def test_model_multiplier_out_of_range():
 @pytest.mark.parametrize('kind', ['mlp', 'cnn'])
 def test_export_base_is_the_slice_bit_for_bit(kind):
   if kind == 'mlp':
-    model = netaug.NetAugMLP(hidden=(3, 4), num_classes=C, max_multiplier=3.0)
+    model = models.NetAugMLP(hidden=(3, 4), num_classes=C, max_multiplier=3.0)
     x = _x((B, D))
   else:
-    model = netaug.NetAugCNN1D(num_classes=C, channels=(2, 3, 2), max_multiplier=2.0)
+    model = models.NetAugCNN1D(num_classes=C, channels=(2, 3, 2), max_multiplier=2.0)
     x = _x((B, 20))
   v = _noisy_variables(model, x)
-  base, bv = netaug.export_base(model.clone(multiplier=2.0), v)  # any multiplier exports the base
+  base, bv = models.export_base(model.clone(multiplier=2.0), v)  # any multiplier exports the base
   assert type(base) is (models.MLP if kind == 'mlp' else models.CNN1D)
   # parameter shapes are those of the plain base model
   plain_shapes = jax.eval_shape(base.init, jax.random.key(0), x)
@@ -209,16 +209,16 @@ def test_export_base_is_the_slice_bit_for_bit(kind):
 
 
 def test_export_base_rejects_foreign_variables():
-  model = netaug.NetAugMLP(hidden=(3,), num_classes=C)
+  model = models.NetAugMLP(hidden=(3,), num_classes=C)
   with pytest.raises(ValueError, match='dense1'):
-    netaug.export_base(model, {'params': {'classifier': {}}})
+    models.export_base(model, {'params': {'classifier': {}}})
   with pytest.raises(ValueError, match='NetAugMLP'):
-    netaug.export_base(models.MLP(), {'params': {}})
+    models.export_base(models.MLP(), {'params': {}})
 
 
 # ------------------------------------------------------------------ step
 
-MLP1 = netaug.NetAugMLP(hidden=(3,), num_classes=C, max_multiplier=3.0)
+MLP1 = models.NetAugMLP(hidden=(3,), num_classes=C, max_multiplier=3.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,11 +266,11 @@ def test_alpha_zero_is_plain_training_of_the_base():
   # a schedule step -> 0 (exercises schedules too)
   step = jax.jit(netaug.make_netaug_step(MLP1, (2.0, 3.0), alpha=lambda s: 0.0 * s))
   new, _ = step(state, None, {'x': x, 'label': y}, jax.random.key(0))
-  base, bv = netaug.export_base(MLP1, state.variables)
+  base, bv = models.export_base(MLP1, state.variables)
   plain = TrainState.create(apply_fn=base, variables=bv, tx=optax.sgd(1.0))
   plain, _ = jax.jit(steps.make_train_step())(plain, None, {'x': x, 'label': y},
                                               jax.random.key(0))
-  _, new_base = netaug.export_base(MLP1, new.variables)
+  _, new_base = models.export_base(MLP1, new.variables)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                new_base['params'], plain.params)
   # the augmented part is untouched
