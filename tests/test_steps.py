@@ -11,6 +11,7 @@ import pytest
 
 from kdjax import losses
 from kdjax import models
+from kdjax import schemes
 from kdjax import steps
 from kdjax.state import TrainState
 
@@ -299,3 +300,24 @@ def test_eval_step_sums_are_exact_with_padding():
   assert float(sums['correct']) == float(np.sum(logits.argmax(-1) == batch['label'][:6]))
   np.testing.assert_allclose(
       sums['loss_sum'], np.sum(losses.cross_entropy(logits, batch['label'][:6])), rtol=1e-5)
+
+
+def test_the_kd_terms_are_hinton_kd(student):
+  """``schemes.kd_terms`` in a step is the batch mean of ``losses.hinton_kd``: one objective."""
+  teacher_params = _params(1)
+  batch = _batch(3)
+  alpha, tau = 0.3, 2.5
+  step = jax.jit(steps.make_distill_step(schemes.kd_terms(alpha, temperature=tau),
+                                         models.function_forward(_linear)))
+  new, metrics = step(student, {'params': teacher_params}, batch, jax.random.key(0))
+
+  def hinton(params):
+    s = _linear(params, batch['x'])[0]
+    t = _linear(teacher_params, batch['x'])[0]
+    return jnp.mean(losses.hinton_kd(s, t, batch['label'], temperature=tau, alpha=alpha))
+
+  value, grads = jax.value_and_grad(hinton)(student.params)
+  np.testing.assert_allclose(float(metrics['loss']), float(value), rtol=1e-6)
+  chex.assert_trees_all_close(new.params, jax.tree.map(lambda p, g: p - 0.1 * g,
+                                                       student.params, grads),
+                              rtol=1e-6, atol=1e-7)
