@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from kdjax import checkpoint
@@ -26,6 +27,7 @@ from kdjax import data as kdata
 from kdjax import models
 from kdjax import steps
 from kdjax import train
+from kdjax.data._pipeline import _read_batch
 from kdjax.state import TrainState
 
 
@@ -140,9 +142,10 @@ def train_and_evaluate(
     desc: progress bar label.
     data_placement: ``'device'`` puts the training source on the device
       (:class:`kdjax.data.DeviceData`, batches gathered in the compiled
-      loop); ``'host'`` streams grain batches; ``'auto'`` picks the device
-      when there is no ``transform`` and the source takes at most a quarter
-      of the device memory (:func:`kdjax.data.fits_on_device`). Both give the
+      loop, augmented in-graph); ``'host'`` streams grain batches; ``'auto'``
+      picks the device when the ``transform`` (if any) can run there
+      (:func:`kdjax.data.device_transform`) and the source takes at most a
+      quarter of the device memory (:func:`kdjax.data.fits_on_device`). Both give the
       same batches, so the same parameters.
     compute_dtype: e.g. ``jnp.bfloat16``: student and teacher forward passes
       (training and evaluation) run in it through
@@ -172,9 +175,7 @@ def train_and_evaluate(
              else models.mixed_precision(model, compute_dtype))
   if teacher is not None and compute_dtype is not None:
     teacher = models.mixed_precision(teacher, compute_dtype)
-  pipeline = kdata.make_pipeline(train_data, batch_size=batch_size, seed=seed,
-                                 transform=transform)
-  sample = next(iter(pipeline))
+  sample = _read_batch(train_data, np.arange(min(2, len(train_data))))  # shapes for init
   data_iter = kdata.training_data(train_data, batch_size=batch_size, seed=seed,
                                   transform=transform, placement=data_placement)
   init_rng, adapter_rng, step_rng = jax.random.split(jax.random.key(seed), 3)

@@ -322,7 +322,7 @@ def _student_convolves_on_cpu(state: Any, data: Any) -> bool:
   apply_fn, variables = getattr(state, 'apply_fn', None), getattr(state, 'variables', None)
   if jax.default_backend() != 'cpu' or apply_fn is None or variables is None:
     return False
-  row = {k: v[0] for k, v in data.plan(0, 1).items()}
+  row = jax.tree.map(lambda v: v[0], data.plan(0, 1))
   try:
     jaxpr = jax.make_jaxpr(
         lambda v, p: apply_fn(v, data.gather(data.arrays, p)['x'], train=False))(variables, row)

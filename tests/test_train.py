@@ -70,6 +70,46 @@ def test_device_data_batches_equal_the_host_pipeline(drop_remainder):
       assert got[key].dtype == expected[key].dtype
 
 
+def _image_source(n=21, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 6, 5, 2)).astype(np.float32)
+  return [{'x': x[i], 'label': np.int32(i % C), 'id': np.int32(i)} for i in range(n)]
+
+
+@pytest.mark.parametrize('source,transform', [
+    (_image_source, kdata.ImageAugment(padding=2, flip=True)),
+    (_source, kdata.SequenceAugment(max_shift=1, noise_std=0.3)),
+], ids=['crop_flip', 'shift_noise'])
+def test_device_augmentation_equals_the_host_pipeline_bitwise(source, transform):
+  src = source(n=21)
+  host = _host(src, drop_remainder=False, transform=transform)
+  resident = kdata.DeviceData(src, batch_size=8, seed=1, drop_remainder=False,
+                              transform=transform)
+  plain = kdata.DeviceData(src, batch_size=8, seed=1, drop_remainder=False)
+  changed = 0
+  for k in range(3 * resident.steps_per_epoch):
+    expected, got = next(host), jax.device_get(resident.batch(k))
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key], err_msg=f'{key} of batch {k}')
+      assert got[key].dtype == expected[key].dtype
+    changed += int(np.any(got['x'] != jax.device_get(plain.batch(k))['x']))
+  assert changed == 3 * resident.steps_per_epoch  # every batch is a new view
+
+
+def test_fit_augments_on_the_device_as_on_the_host():
+  src = _source()
+  transform = kdata.SequenceAugment(max_shift=1, noise_std=0.2)
+  auto = kdata.training_data(src, batch_size=8, seed=1, transform=transform)
+  assert isinstance(auto, kdata.DeviceData) and auto.transform is transform
+  host = _fit(_host(src, transform=transform))
+  resident = _fit(auto)
+  _assert_same_state(resident, host)
+  assert not isinstance(kdata.training_data(src, batch_size=8, seed=1,
+                                            transform=lambda b, k: b), kdata.DeviceData)
+  with pytest.raises(ValueError, match='`transform` .* has no `draws'):
+    kdata.DeviceData(src, batch_size=8, seed=1, transform=lambda b, k: b)
+
+
 def test_compiled_loop_equals_the_python_loop_and_both_data_paths_agree():
   src = _source()
   python = _fit(_host(src), compiled=False)

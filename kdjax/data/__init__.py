@@ -17,12 +17,15 @@ datasets must already be prepared in array_record format unless
 """
 
 # Augmentation.
+from kdjax.data._augment import apply_draws
 from kdjax.data._augment import augmentation
+from kdjax.data._augment import crop_flip_draws
 from kdjax.data._augment import example_keys
 from kdjax.data._augment import ImageAugment
 from kdjax.data._augment import random_crop_flip
 from kdjax.data._augment import random_shift
 from kdjax.data._augment import SequenceAugment
+from kdjax.data._augment import shift_draws
 from kdjax.data._augment import uniforms
 # Local TFDS builders.
 from kdjax.data._builders import Digits
@@ -37,6 +40,7 @@ from kdjax.data._pipeline import batches_per_epoch
 from kdjax.data._pipeline import epoch_order
 from kdjax.data._pipeline import make_pipeline
 # Device-resident data.
+from kdjax.data._resident import device_transform
 from kdjax.data._resident import DeviceData
 from kdjax.data._resident import fits_on_device
 from kdjax.data._resident import training_data

@@ -10,6 +10,12 @@ operations (no per-example generator, which costs ~50 us each).
 
 Transforms act on standardised batches (``'x'`` already normalised), so image
 padding fills with 0, i.e. the per-channel mean.
+
+A view is computed in two parts: its *draws* (gather indices and noise, a few
+integers per example, from the keys on the host) and :func:`apply_draws`, the
+same gathers in NumPy or ``jax.numpy``. So device-resident data
+(:class:`kdjax.data.DeviceData`) augments inside the compiled step, bitwise
+equal to the host pipeline.
 """
 
 from __future__ import annotations
@@ -142,19 +148,109 @@ def random_crop_flip(
   if images.ndim < 3 or keys.shape != images.shape[:1]:
     raise ValueError(f'`images` must be [B, H, W(, C)] and `keys` [B]; got '
                      f'{images.shape} and {keys.shape}.')
-  b, h, w = images.shape[:3]
+  return apply_draws(images, crop_flip_draws(keys, images.shape, padding=padding, flip=flip))
+
+
+def crop_flip_draws(keys: np.ndarray, shape, *, padding: int = 4,
+                    flip: bool = True) -> dict[str, np.ndarray]:
+  """The source pixels of :func:`random_crop_flip`'s views, as gather indices.
+
+  Args:
+    keys: ``[B]`` uint64 example keys.
+    shape: the images' shape ``[B, H, W(, C)]``.
+    padding: zero padding on each side.
+    flip: whether to flip horizontally with probability 1/2.
+
+  Returns:
+    ``{'rows': [B, H], 'cols': [B, W]}`` int32 source coordinates; those
+    outside the image read as 0 (the zero padding). See :func:`apply_draws`.
+
+  Examples:
+    >>> from kdjax.data import crop_flip_draws, example_keys
+    >>> d = crop_flip_draws(example_keys(0, 0, [0]), (1, 4, 4), padding=0, flip=False)
+    >>> d['rows'].tolist(), d['cols'].tolist()
+    ([[0, 1, 2, 3]], [[0, 1, 2, 3]])
+  """
+  b, h, w = shape[:3]
   u = uniforms(keys, 3)
   span = 2 * padding + 1
   dy = np.minimum((u[:, 0] * span).astype(np.int64), span - 1)
   dx = np.minimum((u[:, 1] * span).astype(np.int64), span - 1)
-  cols = np.arange(w)[None, :]
+  cols = np.broadcast_to(np.arange(w)[None, :], (b, w))
   if flip:
     cols = np.where((u[:, 2] < 0.5)[:, None], w - 1 - cols, cols)
-  rows = dy[:, None] + np.arange(h)[None, :]
-  cols = dx[:, None] + cols
-  pad = [(0, 0), (padding, padding), (padding, padding)] + [(0, 0)] * (images.ndim - 3)
-  padded = np.pad(images, pad)
-  return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  rows = dy[:, None] + np.arange(h)[None, :] - padding
+  cols = dx[:, None] + cols - padding
+  return {'rows': rows.astype(np.int32), 'cols': cols.astype(np.int32)}
+
+
+def shift_draws(keys: np.ndarray, shape, *, max_shift: int = 2, noise_std: float = 0.0,
+                dtype: Any = np.float32) -> dict[str, np.ndarray]:
+  """The source positions (and noise) of :func:`random_shift`'s views.
+
+  Args:
+    keys: ``[B]`` uint64 example keys.
+    shape: the sequences' shape ``[B, L(, C)]``.
+    max_shift: largest circular shift.
+    noise_std: standard deviation of the added Gaussian noise.
+    dtype: dtype of the noise (the sequences').
+
+  Returns:
+    ``{'src': [B, L] int32}`` and, with ``noise_std > 0``, ``'noise'`` of
+    ``shape`` in ``dtype``. See :func:`apply_draws`.
+
+  Examples:
+    >>> from kdjax.data import example_keys, shift_draws
+    >>> sorted(shift_draws(example_keys(0, 0, [0, 1]), (2, 6), noise_std=0.1))
+    ['noise', 'src']
+  """
+  length = shape[1]
+  span = 2 * max_shift + 1
+  shift = np.minimum((uniforms(keys, 1)[:, 0] * span).astype(np.int64), span - 1) - max_shift
+  draws = {'src': ((np.arange(length)[None, :] - shift[:, None]) % length).astype(np.int32)}
+  if noise_std > 0:
+    size = int(np.prod(shape[1:]))
+    noise = _normals(keys, size, offset=1).reshape(tuple(shape))
+    draws['noise'] = (noise_std * noise).astype(dtype)
+  return draws
+
+
+def apply_draws(x, draws: Mapping[str, Any], xp: Any = np):
+  """Applies a view's draws to a batch, in NumPy (host) or ``jax.numpy`` (device).
+
+  The same draws give bitwise the same view with either ``xp``: both are
+  gathers plus, with noise, one addition in ``x``'s dtype.
+
+  Args:
+    x: ``[B, ...]`` batch.
+    draws: from :func:`crop_flip_draws` (``'rows'``, ``'cols'``) or
+      :func:`shift_draws` (``'src'``, optional ``'noise'``).
+    xp: ``numpy`` or ``jax.numpy``.
+
+  Returns:
+    The augmented batch, with the shape and dtype of ``x``.
+
+  Examples:
+    >>> import numpy as np, jax.numpy as jnp
+    >>> from kdjax.data import apply_draws
+    >>> x = np.arange(6.0, dtype=np.float32).reshape(1, 6)
+    >>> draws = {'src': np.array([[5, 0, 1, 2, 3, 4]], np.int32)}
+    >>> apply_draws(x, draws).tolist(), apply_draws(jnp.asarray(x), draws, jnp).tolist()
+    ([[5.0, 0.0, 1.0, 2.0, 3.0, 4.0]], [[5.0, 0.0, 1.0, 2.0, 3.0, 4.0]])
+  """
+  batch = xp.arange(x.shape[0])
+  if 'rows' in draws:
+    h, w = x.shape[1:3]
+    rows, cols = draws['rows'], draws['cols']
+    inside = (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])
+    out = x[batch[:, None, None], xp.clip(rows, 0, h - 1)[:, :, None],
+            xp.clip(cols, 0, w - 1)[:, None, :]]
+    x = xp.where(inside.reshape(inside.shape + (1,) * (x.ndim - 3)), out, xp.zeros((), x.dtype))
+  if 'src' in draws:
+    x = x[batch[:, None], draws['src']]
+  if 'noise' in draws:
+    x = x + draws['noise']
+  return x
 
 
 def random_shift(
@@ -197,16 +293,8 @@ def random_shift(
     raise ValueError(f'`max_shift` and `noise_std` must be >= 0, got {max_shift}, {noise_std}.')
   if x.ndim < 2 or keys.shape != x.shape[:1]:
     raise ValueError(f'`x` must be [B, L(, C)] and `keys` [B]; got {x.shape} and {keys.shape}.')
-  b, length = x.shape[:2]
-  span = 2 * max_shift + 1
-  shift = np.minimum((uniforms(keys, 1)[:, 0] * span).astype(np.int64), span - 1) - max_shift
-  src = (np.arange(length)[None, :] - shift[:, None]) % length
-  out = x[np.arange(b)[:, None], src]
-  if noise_std > 0:
-    size = int(np.prod(x.shape[1:]))
-    noise = _normals(keys, size, offset=1).reshape(x.shape)
-    out = (out + noise_std * noise).astype(x.dtype)
-  return out
+  return apply_draws(x, shift_draws(keys, x.shape, max_shift=max_shift, noise_std=noise_std,
+                                    dtype=x.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +317,11 @@ class ImageAugment:
     out['x'] = random_crop_flip(batch['x'], keys, padding=self.padding, flip=self.flip)
     return out
 
+  def draws(self, keys: np.ndarray, shape, dtype) -> dict[str, np.ndarray]:
+    """The view's gather indices (for device-resident data, see :func:`apply_draws`)."""
+    del dtype
+    return crop_flip_draws(keys, shape, padding=self.padding, flip=self.flip)
+
 
 @dataclasses.dataclass(frozen=True)
 class SequenceAugment:
@@ -250,6 +343,11 @@ class SequenceAugment:
     out['x'] = random_shift(batch['x'], keys, max_shift=self.max_shift,
                             noise_std=self.noise_std)
     return out
+
+  def draws(self, keys: np.ndarray, shape, dtype) -> dict[str, np.ndarray]:
+    """The view's gather indices and noise (see :func:`apply_draws`)."""
+    return shift_draws(keys, shape, max_shift=self.max_shift, noise_std=self.noise_std,
+                       dtype=dtype)
 
 
 def augmentation(name: str, **options: Any) -> Transform:

@@ -14,8 +14,12 @@ The plan follows exactly the layout of :func:`kdjax.data.make_pipeline`
 batch ``k`` of the host pipeline with the same arguments, and a run gives the
 same parameters on either data path.
 
-Augmentation is not applied here: a source that needs a per-example
-transform uses the host pipeline.
+Augmentation runs on the device too: a transform with a ``draws`` method
+(:class:`kdjax.data.ImageAugment`, :class:`kdjax.data.SequenceAugment`) puts
+each example's gather indices (a few integers, from ``(seed, epoch, id)``)
+into the plan, and :meth:`DeviceData.gather` applies them in-graph with
+:func:`kdjax.data.apply_draws`, bitwise equal to the host pipeline's view.
+Other transforms (arbitrary host functions) need the host pipeline.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax.data._augment import apply_draws
+from kdjax.data._augment import example_keys
 from kdjax.data._pipeline import _read_batch
 from kdjax.data._pipeline import batches_per_epoch
 from kdjax.data._pipeline import epoch_order
@@ -50,6 +56,8 @@ class DeviceData:
     num_epochs: number of passes; ``None`` repeats forever.
     sharding: where to place the arrays (a ``jax.sharding.Sharding``, e.g.
       replicated over a mesh); default: the default device.
+    transform: optional augmentation with a ``draws(keys, shape, dtype)``
+      method (see :func:`device_transform`), applied in-graph.
 
   Attributes:
     arrays: the source's ``'x'``, ``'label'`` (if any) and ``'id'`` as device
@@ -69,8 +77,12 @@ class DeviceData:
 
   def __init__(self, source: Any, *, batch_size: int, seed: int, shuffle: bool = True,
                drop_remainder: bool = True, num_epochs: Optional[int] = None,
-               sharding: Optional[jax.sharding.Sharding] = None):
+               sharding: Optional[jax.sharding.Sharding] = None, transform: Any = None):
     n = len(source)
+    if transform is not None and not device_transform(transform):
+      raise ValueError(
+          f'`transform` {transform!r} has no `draws(keys, shape, dtype)` method, so it cannot '
+          'run on the device; use the host pipeline (kdjax.data.make_pipeline).')
     if n == 0:
       raise ValueError('`source` is empty.')
     if batch_size <= 0:
@@ -94,6 +106,9 @@ class DeviceData:
     if missing:
       raise ValueError(f'`source` examples lack the keys {sorted(missing)}.')
     host = {k: np.asarray(rows[k]) for k in _KEYS if k in rows}
+    self.transform = transform
+    self._ids = host['id']
+    self._x_shape, self._x_dtype = host['x'].shape[1:], host['x'].dtype
     self.nbytes = sum(v.nbytes for v in host.values())
     self.arrays = jax.device_put(host, sharding)
     self._orders: dict[int, np.ndarray] = {}
@@ -116,7 +131,8 @@ class DeviceData:
 
     Returns:
       ``{'index': [count, B] int32 source rows, 'mask': [count, B] bool,
-      'epoch': [count] int32}``.
+      'epoch': [count] int32}``, and with a transform ``'draws'``: the views'
+      draws stacked ``[count, B, ...]``.
 
     Raises:
       ValueError: if the plan runs past the last epoch.
@@ -135,7 +151,13 @@ class DeviceData:
       index[i, :len(rows)] = rows
       mask[i, :len(rows)] = True
       epochs[i] = epoch
-    return {'index': index, 'mask': mask, 'epoch': epochs}
+    plan = {'index': index, 'mask': mask, 'epoch': epochs}
+    if self.transform is not None:
+      shape = (size,) + self._x_shape
+      draws = [self.transform.draws(example_keys(self.seed, int(e), self._ids[rows]), shape,
+                                    self._x_dtype) for e, rows in zip(epochs, index)]
+      plan['draws'] = {k: np.stack([d[k] for d in draws]) for k in draws[0]}
+    return plan
 
   @staticmethod
   def gather(arrays: Mapping[str, jax.Array], plan: Mapping[str, jax.Array]) -> dict:
@@ -144,7 +166,8 @@ class DeviceData:
     Args:
       arrays: :attr:`arrays` (passed as an argument, not closed over, so the
         dataset is not baked into the program as a constant).
-      plan: one row of :meth:`plan`: ``{'index': [B], 'mask': [B], 'epoch': []}``.
+      plan: one row of :meth:`plan`: ``{'index': [B], 'mask': [B], 'epoch': []}``
+        (and ``'draws'`` with a transform).
 
     Returns:
       The batch dict of :func:`kdjax.data.make_pipeline`: ``'x'``, ``'label'``,
@@ -154,6 +177,8 @@ class DeviceData:
     batch = {}
     for key, values in arrays.items():
       rows = jnp.take(values, plan['index'], axis=0)
+      if key == 'x' and 'draws' in plan:
+        rows = apply_draws(rows, plan['draws'], jnp)
       fill = -1 if key == 'id' else 0
       batch[key] = jnp.where(mask.reshape(mask.shape + (1,) * (rows.ndim - 1)), rows,
                              jnp.asarray(fill, rows.dtype))
@@ -163,8 +188,19 @@ class DeviceData:
 
   def batch(self, index: int) -> dict:
     """Batch ``index`` as device arrays (for checks; training gathers in-graph)."""
-    plan = self.plan(index, 1)
-    return jax.jit(self.gather)(self.arrays, {k: v[0] for k, v in plan.items()})
+    plan = jax.tree.map(lambda v: v[0], self.plan(index, 1))
+    return jax.jit(self.gather)(self.arrays, plan)
+
+
+def device_transform(transform: Any) -> bool:
+  """Whether ``transform`` can augment device-resident data (has ``draws``).
+
+  Examples:
+    >>> from kdjax.data import ImageAugment
+    >>> device_transform(ImageAugment()), device_transform(lambda batch, keys: batch)
+    (True, False)
+  """
+  return callable(getattr(transform, 'draws', None))
 
 
 def fits_on_device(nbytes: int, *, fraction: float = 0.25,
@@ -197,19 +233,20 @@ def training_data(source: Any, *, batch_size: int, seed: int, transform: Any = N
     source: a random-access source (see :func:`kdjax.data.make_pipeline`).
     batch_size: examples per batch.
     seed: run seed.
-    transform: optional per-example augmentation (host pipeline only).
+    transform: optional per-example augmentation.
     placement: ``'device'``: a :class:`DeviceData`; ``'host'``: an iterator
       of :func:`kdjax.data.make_pipeline` (endless, shuffled, whole
-      batches); ``'auto'``: the device when there is no ``transform`` and the
-      source takes at most a quarter of the device memory
-      (:func:`fits_on_device`). Both give the same batches.
+      batches); ``'auto'``: the device when the ``transform`` (if any) can
+      run there (:func:`device_transform`) and the source takes at most a
+      quarter of the device memory (:func:`fits_on_device`). Both give the
+      same batches.
 
   Returns:
     A :class:`DeviceData` or a grain iterator.
 
   Raises:
     ValueError: for an unknown ``placement``, or ``'device'`` with a
-      ``transform``.
+      ``transform`` that cannot run on the device.
 
   Examples:
     >>> import numpy as np
@@ -221,15 +258,16 @@ def training_data(source: Any, *, batch_size: int, seed: int, transform: Any = N
   """
   if placement not in ('auto', 'device', 'host'):
     raise ValueError(f"`placement` must be 'auto', 'device' or 'host', got {placement!r}.")
-  if placement == 'device' and transform is not None:
-    raise ValueError("`placement` is 'device' but a `transform` is given: augmentation runs in "
-                     "the host pipeline; use 'host' or 'auto'.")
+  on_device = transform is None or device_transform(transform)
+  if placement == 'device' and not on_device:
+    raise ValueError("`placement` is 'device' but the `transform` has no `draws` method, so it "
+                     "runs in the host pipeline; use 'host' or 'auto'.")
   if placement == 'auto':
     placement = 'host'
-    if transform is None:
+    if on_device:
       sample = _read_batch(source, np.arange(1))
       per_example = sum(np.asarray(v).nbytes for v in sample.values())
       placement = 'device' if fits_on_device(per_example * len(source)) else 'host'
   if placement == 'device':
-    return DeviceData(source, batch_size=batch_size, seed=seed)
+    return DeviceData(source, batch_size=batch_size, seed=seed, transform=transform)
   return iter(make_pipeline(source, batch_size=batch_size, seed=seed, transform=transform))
