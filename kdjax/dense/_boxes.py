@@ -74,7 +74,7 @@ def check_boxes(
     >>> check_boxes(np.array([[0.5, 0.1, 0.2, 0.6]]))
     Traceback (most recent call last):
     ...
-    ValueError: `boxes` must have ymin <= ymax and xmin <= xmax; 1 box(es) do not, e.g. [0.5 0.1 0.2 0.6].
+    ValueError: `boxes` must have ymin <= ymax and xmin <= xmax; 1 box(es) do not, ...
   """
   shape = jnp.shape(boxes)
   if len(shape) < 2 or shape[-1] != 4:

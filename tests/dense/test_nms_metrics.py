@@ -68,8 +68,8 @@ def test_nms_matches_greedy_reference_under_jit_and_vmap():
   boxes = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, size=(2, 30, 2))], -1).astype(np.float32)
   scores = rng.uniform(size=(2, 30)).astype(np.float32)
   classes = rng.integers(0, 3, size=(2, 30))
-  run = jax.jit(jax.vmap(lambda b, s, c: dense.nms(b, s, max_outputs=30, iou_threshold=0.3,
-                                                     classes=c)))
+  one = lambda b, s, c: dense.nms(b, s, max_outputs=30, iou_threshold=0.3, classes=c)
+  run = jax.jit(jax.vmap(one))
   got = np.asarray(run(boxes, scores, classes))
   for i in range(2):
     want = _ref_nms(boxes[i].astype(np.float64), scores[i], 0.3, classes[i])
@@ -122,7 +122,8 @@ def test_coco_map_hand_computed_cases():
   # detected but absent from the ground truth does not enter the mean.
   two = [GT[0], [0.5, 0.5, 0.8, 0.8]]
   assert _map([GT[0]], [0.9], [3], two, [3, 7])['mAP'] == pytest.approx(0.5)
-  assert _map([GT[0], two[1]], [0.9, 0.2], [3, 1], [GT[0], [0] * 4], [3, -1])['mAP'] == pytest.approx(1.0)
+  got = _map([GT[0], two[1]], [0.9, 0.2], [3, 1], [GT[0], [0] * 4], [3, -1])
+  assert got['mAP'] == pytest.approx(1.0)
 
 
 def test_coco_map_edge_cases_and_bad_inputs():
