@@ -4,6 +4,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from sklearn import datasets
 
 from kdjax import data as kd
 from kdjax import dense
@@ -35,6 +36,7 @@ def _pair_ious(boxes):
 
 def test_canvases_are_valid_and_consistent(canvases):
   split = kd.digits_split()
+  targets = datasets.load_digits().target
   for name, d in canvases.items():
     n = len(d['num_objects'])
     kd.check_dense_arrays(d)  # boxes in [0, 1], ordered, labels in range, padding -1
@@ -60,8 +62,7 @@ def test_canvases_are_valid_and_consistent(canvases):
       assert (seg[~inside] == 0).all()
       assert set(np.unique(seg)) <= {0} | set((labels + 1).tolist())
       # The labels are the source digits' classes.
-      from sklearn import datasets  # pylint: disable=import-outside-toplevel
-      np.testing.assert_array_equal(labels, datasets.load_digits().target[d['digit_ids'][i, :k]])
+      np.testing.assert_array_equal(labels, targets[d['digit_ids'][i, :k]])
     # Train canvases use train digits only, test canvases test digits only.
     ids = d['digit_ids'][d['digit_ids'] >= 0]
     assert np.isin(ids, split[name]).all()
