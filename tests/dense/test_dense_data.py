@@ -131,6 +131,11 @@ def test_pipeline_batches_assign_with_padding(data_dir):
                            num_classes=10)
   assert t.classes.shape == (5, 12, 12)
   assert t.positive[:3].any(axis=(1, 2)).all() and not t.positive[3:].any()
+  # Device-resident batches carry the same targets and padding.
+  resident = kd.DeviceData(src, batch_size=5, seed=0, drop_remainder=False, num_epochs=1)
+  on_device = resident.batch(len(batches) - 1)
+  for k, v in last.items():
+    np.testing.assert_array_equal(on_device[k], v)
 
 
 # -------------------------------------------------------------------- bad inputs
