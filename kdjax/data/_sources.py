@@ -138,7 +138,8 @@ def _unknown(name: str) -> ValueError:
 def dataset_info(name: str) -> DatasetMeta:
   """Returns the metadata of a dataset.
 
-  Known datasets (``mnist1d``, ``digits``, ``mnist``, ``fashion_mnist``,
+  Known datasets (``mnist1d``, ``digits``, ``digits_detection``,
+  ``digits_segmentation``, ``mnist``, ``fashion_mnist``,
   ``cifar10``, ``cifar100``, ``svhn_cropped``) come from a table with their
   normalisation statistics. Any other registered TFDS dataset with an
   ``image`` feature of fixed shape and a ``ClassLabel`` ``label`` is described
