@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from typing import Optional, Sequence
 
@@ -172,8 +173,15 @@ def confusion_matrix(
       if bad.any():
         raise ValueError(f'`{name}` must be in [0, {num_classes}) on counted pixels, got '
                          f'{np.unique(v[bad])[:10].tolist()}; mask ignored pixels with `where`.')
-  p = jnp.clip(jnp.asarray(predictions), 0, num_classes - 1).reshape(-1)
-  t = jnp.clip(jnp.asarray(targets), 0, num_classes - 1).reshape(-1)
+  return _confusion(jnp.asarray(predictions), jnp.asarray(targets), mask,
+                    num_classes=int(num_classes))
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes',))
+def _confusion(predictions, targets, mask, *, num_classes):
+  """The compiled body of :func:`confusion_matrix`."""
+  p = jnp.clip(predictions, 0, num_classes - 1).reshape(-1)
+  t = jnp.clip(targets, 0, num_classes - 1).reshape(-1)
   counts = jnp.bincount(t * num_classes + p, weights=mask.reshape(-1).astype(jnp.int32),
                         length=num_classes * num_classes)
   return counts.reshape(num_classes, num_classes).astype(jnp.int32)
@@ -209,6 +217,12 @@ def segmentation_metrics(confusion: jax.Array) -> dict[str, jax.Array]:
   c = jnp.asarray(confusion, jnp.float32)
   if c.ndim != 2 or c.shape[0] != c.shape[1]:
     raise ValueError(f'`confusion` must be a square [C, C] matrix, got {c.shape}.')
+  return _segmentation_metrics(c)
+
+
+@jax.jit
+def _segmentation_metrics(c: jax.Array) -> dict[str, jax.Array]:
+  """The compiled body of :func:`segmentation_metrics`."""
   tp = jnp.diagonal(c)
   union = c.sum(0) + c.sum(1) - tp
   present = union > 0

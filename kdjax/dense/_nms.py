@@ -66,6 +66,10 @@ def nms(
   for x, name in ((classes, 'classes'), (valid, 'valid')):
     if x is not None and jnp.shape(x) != (n,):
       raise ValueError(f'`{name}` must have shape ({n},), got {jnp.shape(x)}.')
+  # Defaults as arrays, so every call with the same N and K shares one compilation.
+  classes = jnp.zeros((n,), jnp.int32) if classes is None else classes
+  valid = jnp.ones((n,), bool) if valid is None else valid
+  score_threshold = -jnp.inf if score_threshold is None else score_threshold
   return _nms(boxes, scores, classes, valid, score_threshold, iou_threshold,
               max_outputs=int(max_outputs))
 
@@ -75,17 +79,13 @@ def _nms(boxes, scores, classes, valid, score_threshold, iou_threshold, *, max_o
   """The compiled body of :func:`nms` (one XLA program instead of many eager ops)."""
   n = scores.shape[0]
   scores = jnp.asarray(scores, jnp.float32)
-  candidate = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid, bool)
-  candidate &= ~jnp.isnan(scores)
-  if score_threshold is not None:
-    candidate &= scores >= score_threshold
+  candidate = jnp.asarray(valid, bool) & ~jnp.isnan(scores) & (scores >= score_threshold)
   order = jnp.argsort(jnp.where(candidate, -scores, jnp.inf), stable=True)
   candidate = candidate[order]
   sorted_boxes = jnp.asarray(boxes, jnp.float32)[order]
   suppresses = _boxes.box_iou(sorted_boxes, sorted_boxes) > iou_threshold
-  if classes is not None:
-    c = jnp.asarray(classes)[order]
-    suppresses &= c[:, None] == c[None, :]
+  c = jnp.asarray(classes)[order]
+  suppresses &= c[:, None] == c[None, :]
 
   def visit(i, keep):
     return keep.at[i].set(candidate[i] & ~jnp.any(keep & suppresses[:, i]))
@@ -192,7 +192,8 @@ def _detect(class_logits, edge_logits, score_threshold, iou_threshold, *, stride
     scores, flat = jax.lax.top_k(p, top_k)
     location, cls = flat // num_classes, flat % num_classes
     cand = b[location]
-    keep = _nms(cand, scores, cls, None, score_threshold, iou_threshold, max_outputs=k)
+    keep = _nms(cand, scores, cls, jnp.ones_like(scores, bool), score_threshold, iou_threshold,
+                max_outputs=k)
     ok = keep >= 0
     safe = jnp.maximum(keep, 0)
     return Detections(jnp.where(ok[:, None], cand[safe], 0.0), jnp.where(ok, scores[safe], 0.0),
