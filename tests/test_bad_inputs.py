@@ -22,6 +22,7 @@ import pytest
 from kdjax import checkpoint
 from kdjax import cohort
 from kdjax import data as kd
+from kdjax import dense
 from kdjax import losses
 from kdjax import models
 from kdjax import steps
@@ -228,6 +229,44 @@ CASES = [
     ('data/unknown_placement',
      lambda c: kd.training_data(c.source, batch_size=10, seed=0, placement='gpu'),
      ValueError, r"`placement` must be 'auto', 'device' or 'host', got 'gpu'"),
+    ('data/unknown_canvas_config',
+     lambda c: kd.load('digits_detection/nope', 'train', data_dir=c.data_dir),
+     ValueError, r"Unknown digits_detection config 'nope'.*dense_digits_config"),
+    ('data/canvas_config_of_wrong_type',
+     lambda c: kd.load('digits_segmentation', 'train', data_dir=c.data_dir,
+                       config=kd.mnist1d_config(200)),
+     ValueError, r"`config` of 'digits_segmentation' must be a config name or a "
+     r'DenseDigitsConfig'),
+    ('data/canvas_digit_larger_than_canvas',
+     lambda c: kd.dense_digits_config(10, 2, image_size=16),
+     ValueError, r'Need 2 <= `min_size` <= `max_size` <= `image_size`'),
+    # ---------------------------------------------------------------- dense
+    ('dense/box_outside_image',
+     lambda c: dense.assign_targets(jnp.array([[0.1, 0.1, 1.2, 0.5]]), jnp.array([1]),
+                                    image_size=16, stride=4, num_bins=8),
+     ValueError, r'`boxes` must be normalised to \[0, 1\]'),
+    ('dense/box_ymin_above_ymax',
+     lambda c: dense.assign_targets(jnp.array([[0.6, 0.1, 0.2, 0.5]]), jnp.array([1]),
+                                    image_size=16, stride=4, num_bins=8),
+     ValueError, r'`boxes` must have ymin <= ymax and xmin <= xmax'),
+    ('dense/label_out_of_range',
+     lambda c: dense.assign_targets(jnp.array([[0.1, 0.1, 0.2, 0.5]]), jnp.array([10]),
+                                    image_size=16, stride=4, num_bins=8, num_classes=10),
+     ValueError, r'`labels` must be in \[0, 10\) for real objects, got \[10\]'),
+    ('dense/nms_scores_shape',
+     lambda c: dense.nms(jnp.zeros((3, 4)), jnp.zeros((2,)), max_outputs=2),
+     ValueError, r'`boxes` must be \[N, 4\] and `scores` \[N\]'),
+    ('dense/coco_pred_box_outside',
+     lambda c: dense.coco_map(np.array([[[0.0, 0.0, 2.0, 1.0]]]), np.ones((1, 1)),
+                              np.zeros((1, 1), int), np.array([[[0.0, 0.0, 1.0, 1.0]]]),
+                              np.zeros((1, 1), int), image_size=48),
+     ValueError, r'`pred_boxes` must be normalised'),
+    ('dense/ignore_label_not_masked',
+     lambda c: dense.confusion_matrix(jnp.array([0, 1]), jnp.array([0, 255]), num_classes=11),
+     ValueError, r'`targets` must be in \[0, 11\) on counted pixels, got \[255\]'),
+    ('dense/detector_input_rank',
+     lambda c: models.create('dense_detector_student').init(KEY, jnp.zeros((48, 48, 1))),
+     ValueError, r'DenseDetector: input `x` must have rank 4'),
     # ---------------------------------------------------------- checkpoints
     ('ckpt/teacher_dir_missing', lambda c: checkpoint.load_variables(c.tmp / 'no_such_run'),
      FileNotFoundError, r"Teacher checkpoint directory '.*no_such_run' does not exist"),
@@ -315,4 +354,4 @@ def test_the_table_is_large_and_covers_every_area():
   ids = [row[0] for row in CASES]
   assert len(ids) == len(set(ids)) >= 30
   areas = {i.split('/')[0] for i in ids}
-  assert areas == {'loss', 'step', 'fit', 'data', 'ckpt', 'cohort', 'config'}
+  assert areas == {'loss', 'step', 'fit', 'data', 'dense', 'ckpt', 'cohort', 'config'}

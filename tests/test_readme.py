@@ -51,6 +51,9 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch, capsys):
     assert 'ensemble_accuracy' in out
     # The mesh step updated the (replicated) cohort once more.
     assert int(namespace['peers'].step) == 31 and np.isfinite(float(namespace['metrics']['loss']))
+  if 'box_map' in namespace:  # detection and segmentation
+    assert 0.0 <= namespace['box_map']['mAP'] <= namespace['box_map']['mAP@.5'] <= 1.0
+    assert namespace['targets'].positive.any() and 'mIoU 0.102, pixel accuracy 0.917' in out
   if 'runs.train_and_evaluate' in _snippets()[index]:  # the notebook example
     for run in (namespace['teacher'], namespace['student']):
       assert 0.0 <= run.metrics['accuracy'] <= 1.0

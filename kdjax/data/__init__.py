@@ -10,8 +10,10 @@ pipeline whose iterator state can be checkpointed::
   it = iter(ds)           # it.get_state() / it.set_state(...)
   batch = next(it)        # {'x', 'label', 'id', 'mask', 'epoch'}
 
-Local datasets (``mnist1d``, ``mnist1d/transfer``, ``digits``) are generated
-into ``data_dir`` on first use without network or TensorFlow; other TFDS
+Local datasets (``mnist1d``, ``mnist1d/transfer``, ``digits``, and the digit
+canvases ``digits_detection`` / ``digits_segmentation`` whose examples carry
+boxes or class maps instead of ``'label'``) are generated into ``data_dir`` on
+first use without network or TensorFlow; other TFDS
 datasets must already be prepared in array_record format unless
 ``download=True``.
 """
@@ -35,6 +37,12 @@ from kdjax.data._builders import Mnist1d
 from kdjax.data._builders import mnist1d_config
 from kdjax.data._builders import Mnist1dConfig
 from kdjax.data._builders import near_duplicates
+from kdjax.data._dense_builders import check_dense_arrays
+from kdjax.data._dense_builders import dense_digits_config
+from kdjax.data._dense_builders import DenseDigitsConfig
+from kdjax.data._dense_builders import DigitsDetection
+from kdjax.data._dense_builders import DigitsSegmentation
+from kdjax.data._dense_builders import generate_digit_canvases
 # Pipelines.
 from kdjax.data._pipeline import batches_per_epoch
 from kdjax.data._pipeline import epoch_order

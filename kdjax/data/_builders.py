@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 
-LOCAL_NAMES = ('mnist1d', 'digits')
+LOCAL_NAMES = ('mnist1d', 'digits', 'digits_detection', 'digits_segmentation')
 
 MNIST1D_LENGTH = 40
 DIGITS_TEST_STRIDE = 5  # every fifth example of the class-sorted order is a test example
@@ -385,6 +385,13 @@ class Digits(_LocalBuilder, skip_registration=True):
 _BUILDERS = {'mnist1d': Mnist1d, 'digits': Digits}
 
 
+def _all_builders() -> dict[str, type]:
+  """Name -> builder class of every local dataset, the dense ones included."""
+  from kdjax.data import _dense_builders  # pylint: disable=import-outside-toplevel
+
+  return {**_BUILDERS, **_dense_builders.BUILDERS}
+
+
 def split_name(name: str) -> tuple[str, Optional[str]]:
   """Splits ``'dataset/config'`` into ``('dataset', 'config')``."""
   base, _, config = name.partition('/')
@@ -407,30 +414,42 @@ def local_builder(
   """Instantiates a local builder (not prepared yet).
 
   Args:
-    name: ``'mnist1d'``, ``'mnist1d/<config name>'`` or ``'digits'``.
+    name: ``'mnist1d'``, ``'mnist1d/<config name>'``, ``'digits'``,
+      ``'digits_detection'`` or ``'digits_segmentation'`` (optionally with a
+      config name).
     data_dir: TFDS data directory (default: TFDS's default).
-    config: a :class:`Mnist1dConfig` or config name; overrides a config given
-      in ``name``.
+    config: a :class:`Mnist1dConfig` (mnist1d), a
+      :class:`kdjax.data.DenseDigitsConfig` (digit canvases) or a config name;
+      overrides a config given in ``name``.
 
   Returns:
     A ``tfds.core.GeneratorBasedBuilder`` writing array_record files.
 
   Raises:
     ValueError: for a name that is not a local dataset, a config given for
-      ``digits``, or an unknown config name.
+      ``digits``, an unknown config name or a config of the wrong type.
   """
   base, name_config = split_name(name)
-  if base not in _BUILDERS:
+  builders = _all_builders()
+  if base not in builders:
     raise ValueError(f'{name!r} is not a local dataset; local datasets are {LOCAL_NAMES}.')
   config = config if config is not None else name_config
   if base == 'digits' and config is not None:
     raise ValueError(f'Dataset "digits" has no configs, got config {config!r}.')
-  if isinstance(config, str) and config not in {c.name for c in _MNIST1D_CONFIGS}:
+  predefined = [c.name for c in builders[base].BUILDER_CONFIGS]
+  if isinstance(config, str) and config not in predefined:
+    helper = 'mnist1d_config' if base == 'mnist1d' else 'dense_digits_config'
     raise ValueError(
-        f'Unknown mnist1d config {config!r}; predefined configs are '
-        f'{[c.name for c in _MNIST1D_CONFIGS]}. Use kdjax.data.mnist1d_config(...) for others.')
+        f'Unknown {base} config {config!r}; predefined configs are {predefined}. '
+        f'Use kdjax.data.{helper}(...) for others.')
+  # Compared by name: pytest's doctests may import a builder module twice.
+  config_type = type(builders[base].BUILDER_CONFIGS[0]) if predefined else None
+  if (config is not None and not isinstance(config, str)
+      and type(config).__name__ != config_type.__name__):
+    raise ValueError(f'`config` of {base!r} must be a config name or a '
+                     f'{config_type.__name__}, got {config!r}.')
   kwargs = {} if config is None else {'config': config}
-  return _BUILDERS[base](data_dir=resolve_data_dir(data_dir), file_format='array_record', **kwargs)
+  return builders[base](data_dir=resolve_data_dir(data_dir), file_format='array_record', **kwargs)
 
 
 @contextlib.contextmanager

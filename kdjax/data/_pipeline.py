@@ -27,6 +27,7 @@ Batch keys (NumPy arrays with a leading ``batch_size`` axis):
 
 Padded rows are zeros with ``label`` 0, ``id`` -1 and ``mask`` False, so a
 masked mean over a padded last batch counts every real example exactly once.
+Detection batches' ``labels`` are -1 in padded rows (no object).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class _MakeBatch:
       batch = dict(self._transform(batch, keys))
     real, size = len(positions), self._batch_size
     if real < size:
-      fill = {'id': -1}
+      fill = {'id': -1, 'labels': -1}  # padded rows hold no object (dense labels -1)
       batch = {k: np.concatenate([v, np.full((size - real,) + v.shape[1:], fill.get(k, 0),
                                              v.dtype)])
                for k, v in batch.items()}

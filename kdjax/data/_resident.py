@@ -61,7 +61,8 @@ class DeviceData:
 
   Attributes:
     arrays: the source's ``'x'``, ``'label'`` (if any) and ``'id'`` as device
-      arrays in source order, ``[n, ...]``.
+      arrays in source order, ``[n, ...]``; for a dense dataset's
+      :class:`kdjax.data.Source`, its targets (``DatasetMeta.targets``) too.
     steps_per_epoch: batches per epoch.
 
   Examples:
@@ -105,7 +106,9 @@ class DeviceData:
     missing = {'x', 'id'} - set(rows)
     if missing:
       raise ValueError(f'`source` examples lack the keys {sorted(missing)}.')
-    host = {k: np.asarray(rows[k]) for k in _KEYS if k in rows}
+    # A Source of a dense dataset also carries its targets (boxes, class maps, ...).
+    keys = _KEYS + tuple(getattr(getattr(source, 'info', None), 'targets', ()))
+    host = {k: np.asarray(rows[k]) for k in keys if k in rows}
     self.transform = transform
     self._ids = host['id']
     self._x_shape, self._x_dtype = host['x'].shape[1:], host['x'].dtype
@@ -179,7 +182,7 @@ class DeviceData:
       rows = jnp.take(values, plan['index'], axis=0)
       if key == 'x' and 'draws' in plan:
         rows = apply_draws(rows, plan['draws'], jnp)
-      fill = -1 if key == 'id' else 0
+      fill = -1 if key in ('id', 'labels') else 0  # as the host pipeline pads
       batch[key] = jnp.where(mask.reshape(mask.shape + (1,) * (rows.ndim - 1)), rows,
                              jnp.asarray(fill, rows.dtype))
     batch['mask'] = mask

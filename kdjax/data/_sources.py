@@ -8,6 +8,10 @@ A :class:`Source` yields *standardised* examples, the same for every dataset:
 * ``'id'``: int32 example id. Local datasets store it (index in the split as
   generated); for other TFDS datasets it is the record's position in the split
   as read, which is stable for the same prepared files.
+
+Dense datasets (``digits_detection``, ``digits_segmentation``) carry other
+targets in place of ``'label'`` (see :attr:`DatasetMeta.targets`): float
+targets as float32, integer ones as int32.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ class DatasetMeta:
     std: per-channel standard deviation divided by after that.
     local: whether the dataset is generated locally (no download).
     splits: split names.
+    task: ``'classification'``, ``'detection'`` or ``'segmentation'``.
+    targets: keys of the raw example copied into labeled examples:
+      ``('label',)`` for classification; ``('boxes', 'labels',
+      'num_objects')`` for detection; ``('segmentation',)`` for segmentation.
+      ``num_classes`` counts object classes for detection and map classes
+      (background included) for segmentation.
   """
 
   name: str
@@ -60,6 +70,8 @@ class DatasetMeta:
   std: tuple[float, ...] = (1.0,)
   local: bool = False
   splits: tuple[str, ...] = ('train', 'test')
+  task: str = 'classification'
+  targets: tuple[str, ...] = ('label',)
 
   def normalize(self, raw: Any) -> np.ndarray:
     """Maps a raw input (one example or a batch) to the float32 model input.
@@ -95,6 +107,14 @@ _KNOWN: dict[str, DatasetMeta] = {
     'mnist1d': DatasetMeta('mnist1d', 10, (40,), 'sequence', 'x', local=True),
     'digits': DatasetMeta('digits', 10, (8, 8, 1), 'image', 'image',
                           mean=(0.30543,), std=(0.37614,), local=True),
+    # Digit canvases: already in [0, 1], not standardised; the input shape is
+    # the default config's (load() reads it from the builder of the config used).
+    'digits_detection': DatasetMeta('digits_detection', 10, (48, 48, 1), 'image', 'image',
+                                    local=True, task='detection',
+                                    targets=('boxes', 'labels', 'num_objects')),
+    'digits_segmentation': DatasetMeta('digits_segmentation', 11, (48, 48, 1), 'image',
+                                       'image', local=True, task='segmentation',
+                                       targets=('segmentation',)),
     'mnist': DatasetMeta('mnist', 10, (28, 28, 1), 'image', 'image', 255.0,
                          (0.1307,), (0.3081,)),
     'fashion_mnist': DatasetMeta('fashion_mnist', 10, (28, 28, 1), 'image', 'image', 255.0,
@@ -118,7 +138,8 @@ def _unknown(name: str) -> ValueError:
 def dataset_info(name: str) -> DatasetMeta:
   """Returns the metadata of a dataset.
 
-  Known datasets (``mnist1d``, ``digits``, ``mnist``, ``fashion_mnist``,
+  Known datasets (``mnist1d``, ``digits``, ``digits_detection``,
+  ``digits_segmentation``, ``mnist``, ``fashion_mnist``,
   ``cifar10``, ``cifar100``, ``svhn_cropped``) come from a table with their
   normalisation statistics. Any other registered TFDS dataset with an
   ``image`` feature of fixed shape and a ``ClassLabel`` ``label`` is described
@@ -219,7 +240,7 @@ class Source:
 
   def _read_raw(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     """Raw input, label and id arrays of the records at ``indices``."""
-    keys = [self.info.feature, 'label']
+    keys = [self.info.feature, *self.info.targets]
     out = {k: [] for k in keys + ['id']}
     for i in indices:  # TFDS's __getitems__ is no faster here, and broken under mock_data.
       r = self.records[int(i)]
@@ -243,7 +264,8 @@ class Source:
 
     Returns:
       ``{'x': [B, *input_shape] float32, 'label': [B] int32, 'id': [B] int32}``
-      (no ``'label'`` if unlabeled).
+      (no ``'label'`` if unlabeled); dense datasets have their
+      :attr:`DatasetMeta.targets` instead of ``'label'``.
 
     Raises:
       IndexError: for a position out of range.
@@ -255,7 +277,9 @@ class Source:
            else self._read_raw(indices))
     out = {'x': self.info.normalize(raw[self.info.feature])}
     if self.labeled:
-      out['label'] = raw['label'].astype(np.int32)
+      for k in self.info.targets:
+        v = np.asarray(raw[k])
+        out[k] = v.astype(np.float32 if np.issubdtype(v.dtype, np.floating) else np.int32)
     out['id'] = raw['id'].astype(np.int32)
     return out
 
@@ -347,7 +371,8 @@ def load(
 ) -> Source:
   """Opens one split of a dataset as a random-access :class:`Source`.
 
-  Local datasets (``mnist1d``, ``mnist1d/transfer``, ``digits``) are generated
+  Local datasets (``mnist1d``, ``mnist1d/transfer``, ``digits``,
+  ``digits_detection``, ``digits_segmentation``) are generated
   into ``data_dir`` on first use; no network is needed and ``download`` is
   ignored. Any other name goes through ``tfds.data_source`` (array_record
   format, no TensorFlow). Downloads are off by default, so a dataset that is
@@ -365,7 +390,9 @@ def load(
     download: for TFDS datasets, whether to download and prepare a missing
       dataset (``True`` or ``'auto'``; both are no-ops when it is on disk).
     config: for ``mnist1d``, a :class:`Mnist1dConfig` (see
-      :func:`mnist1d_config`) or a config name.
+      :func:`mnist1d_config`) or a config name; for ``digits_detection`` and
+      ``digits_segmentation``, a :class:`DenseDigitsConfig` (see
+      :func:`dense_digits_config`).
     raw: return the TFDS source itself (raw feature dicts) instead of a
       standardised :class:`Source`.
     in_memory: read the split's raw features into NumPy arrays once (fast
@@ -378,7 +405,9 @@ def load(
   Raises:
     ValueError: for an unknown dataset name (the message names it), a bad
       ``download`` value, or a local dataset with a ``label`` outside
-      ``[0, num_classes)`` (checked once per load, over the whole split).
+      ``[0, num_classes)`` (checked once per load, over the whole split); for
+      the digit canvases, a box outside ``[0, 1]`` or with ``ymin > ymax``, a
+      label outside ``[0, 10)`` or a class map value outside ``[0, 10]``.
     DatasetNotPreparedError: (a ``FileNotFoundError``) for a TFDS dataset that
       is not prepared in ``data_dir`` while ``download`` is off.
 
@@ -405,10 +434,28 @@ def load(
     return records
   if in_memory is None:
     in_memory = meta.local
+  if meta.local and meta.task != 'classification':
+    meta = dataclasses.replace(meta, input_shape=tuple(builder.info.features['image'].shape))
   source = Source(records, meta, name=name, split=split, in_memory=in_memory)
   if meta.local:
-    _check_labels(source, where=os.fspath(builder.data_dir))
+    _check_targets(source, where=os.fspath(builder.data_dir))
   return source
+
+
+def _check_targets(source: Source, *, where: Optional[str] = None) -> None:
+  """Checks the targets of a local source once at load (see :func:`_check_labels`)."""
+  if source.info.task == 'classification':
+    _check_labels(source, where=where)
+    return
+  if not source.labeled or not len(source):
+    return
+  from kdjax.data import _dense_builders  # pylint: disable=import-outside-toplevel
+
+  arrays = source._arrays if source.in_memory else source._read_raw(np.arange(len(source)))
+  _dense_builders.check_dense_arrays(
+      {k: arrays[k] for k in source.info.targets},
+      where=f'Dataset {source.name!r} split {source.split!r}'
+            f'{f" (prepared files under {where})" if where else ""}')
 
 
 def _check_labels(source: Source, *, where: Optional[str] = None) -> None:

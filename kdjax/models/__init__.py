@@ -21,6 +21,11 @@ are sown into the ``'intermediates'`` collection during ``apply`` (not during
 >>> feats['stage2'].shape, feats['embedding'].shape
 ((2, 10, 25), (2, 125))
 
+Dense models (:class:`DenseDetector`, :class:`UNet`) return per-location
+outputs instead: a detector ``[B, H', W', num_classes + 1]`` class logits plus
+``{'box_logits': [B, H', W', 4, n_bins]}``, a U-Net ``[B, H, W, num_classes]``
+per-pixel logits; see their docstrings and :mod:`kdjax.dense`.
+
 A CIFAR ResNet works the same way; its ``'stage2'`` is ``[B, 16, 16, 32]``
 for ``resnet20`` on ``[B, 32, 32, 3]`` inputs. Feature shapes can be read
 without computing anything via ``jax.eval_shape(functools.partial(
@@ -40,6 +45,13 @@ from kdjax.models._byot import ResNetStage
 from kdjax.models._byot import ResNetStem
 # Models.
 from kdjax.models._cnn1d import CNN1D
+from kdjax.models._dense import ConvBNReLU
+from kdjax.models._dense import dense_detector_student
+from kdjax.models._dense import dense_detector_teacher
+from kdjax.models._dense import DenseDetector
+from kdjax.models._dense import UNet
+from kdjax.models._dense import unet_student
+from kdjax.models._dense import unet_teacher
 from kdjax.models._mlp import MLP
 from kdjax.models._netaug import base_fan_in_init
 from kdjax.models._netaug import export_base

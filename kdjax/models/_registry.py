@@ -9,6 +9,7 @@ import flax.linen as nn
 
 from kdjax.models import _byot
 from kdjax.models import _cnn1d
+from kdjax.models import _dense
 from kdjax.models import _mlp
 from kdjax.models import _one
 from kdjax.models import _plain_cnn
@@ -46,6 +47,15 @@ _REGISTRY.update({
 })
 
 
+# Dense prediction (detection, segmentation): teacher and student sizes.
+_REGISTRY.update({
+    'dense_detector_teacher': _dense.dense_detector_teacher,
+    'dense_detector_student': _dense.dense_detector_student,
+    'unet_teacher': _dense.unet_teacher,
+    'unet_student': _dense.unet_student,
+})
+
+
 def register(name: str, factory: Factory, *, overwrite: bool = False) -> None:
   """Adds ``factory(num_classes=..., **kwargs) -> nn.Module`` under ``name``.
 
@@ -67,10 +77,14 @@ def create(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
 
   Args:
     name: a registered name such as ``'mlp'``, ``'cnn1d'``, ``'resnet20'``,
-      ``'resnet8x4'``, ``'wrn_16_2'``, ``'plain_cnn_4'``, or the online
+      ``'resnet8x4'``, ``'wrn_16_2'``, ``'plain_cnn_4'``, the online
       distillation models ``'one_cnn1d'``, ``'one_resnet'``, ``'byot_cnn1d'``
-      and ``'byot_resnet'``; see :func:`list_models`.
-    num_classes: number of output logits.
+      and ``'byot_resnet'``, or the dense models ``'dense_detector_teacher'``,
+      ``'dense_detector_student'``, ``'unet_teacher'`` and ``'unet_student'``;
+      see :func:`list_models`.
+    num_classes: number of output logits (for a detector, object classes: its
+      class head adds a background logit; for a U-Net, per-pixel classes with
+      the background).
     **kwargs: further attributes of the model class (e.g. ``hidden=(64,)`` for
       ``'mlp'``, ``dropout_rate=0.3`` for a WRN, ``dtype=jnp.bfloat16``).
 
