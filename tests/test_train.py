@@ -212,5 +212,10 @@ def test_auto_mode_scans_dense_students_and_loops_convolutional_ones_on_cpu():
   scanned = train.fit(state, steps.make_train_step(), resident(), compiled=True, **kw)
   assert scanned.compiled
   chex.assert_trees_all_close(auto.state.params, scanned.state.params, rtol=1e-5, atol=1e-6)
-  # Host data are not traced ahead: they scan unless told otherwise.
-  assert train.fit(state, steps.make_train_step(), _host(src), **kw).compiled
+  # A grain iterator is peeked at and rewound: the same choice, and no batch is lost.
+  host_auto = train.fit(state, steps.make_train_step(), _host(src), **kw)
+  host_loop = train.fit(state, steps.make_train_step(), _host(src), compiled=False, **kw)
+  assert not host_auto.compiled
+  chex.assert_trees_all_equal(host_auto.state.params, host_loop.state.params)
+  # A plain iterator cannot be peeked at: it scans unless told otherwise.
+  assert train.fit(state, steps.make_train_step(), (b for b in _host(src)), **kw).compiled
