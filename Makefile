@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench constraints clean experiments-report
+.PHONY: install demo test test-fast lint bench constraints clean experiments experiments-quick experiments-report
 
 install: $(STAMP)
 
@@ -30,6 +30,14 @@ bench: install
 	$(PY) -m experiments.bench.cohort
 	$(PY) -m experiments.bench.cache
 	$(PY) -m experiments.bench.train_loop
+
+# Every committed experiment from scratch (hours on 2 cores; timing in experiments/results/timing.json).
+experiments: install
+	$(PY) -m experiments.all
+
+# Each experiment's smoke mode (results in experiments/results/*_quick/, not committed).
+experiments-quick: install
+	$(PY) -m experiments.all --quick
 
 # Tables, verdicts, plots and experiments/README.md from the committed records (no training).
 experiments-report: install

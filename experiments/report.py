@@ -159,6 +159,11 @@ records, without retraining, by
 make experiments-report                                            # both
 ```
 
+Every committed experiment is retrained from scratch, in sequence, by
+`make experiments` (`python -m experiments.all`; `--only dml,one` for a
+subset), and each one's smoke mode by `make experiments-quick`. Each run's
+wall time goes to `results/timing.json` (`timing_quick.json`).
+
 The teachers of `temperature`, `topk` and `dkd_dist` are trained once into
 `runs/kd_teachers/` and shared, so run `temperature` first (the others train
 them if they are missing). The demo (`make demo`, `experiments/configs/demo.py`)

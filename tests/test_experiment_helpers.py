@@ -75,3 +75,19 @@ def test_committed_results_regenerate_from_records(name, tmp_path):
   for f in ('results.md', 'results.csv'):
     with open(os.path.join(src, f)) as a:
       assert (tmp_path / f).read_text() == a.read(), f
+
+
+def test_every_committed_result_has_a_run_that_regenerates_it():
+  import glob
+  import os
+
+  from experiments import all as all_experiments
+  from experiments import common
+  committed = {os.path.basename(d) for d in glob.glob(os.path.join(common.RESULTS, '*'))
+               if os.path.isdir(d) and not os.path.basename(d).startswith('bench')}
+  full = all_experiments.runs()
+  assert {r['results'] for r in full} == committed
+  assert len(full) == len(committed)  # one run per folder
+  quick = all_experiments.runs(quick=True)
+  assert {r['results'] for r in quick} == committed  # every experiment has a smoke mode
+  assert all(r['mode'].endswith('quick') for r in quick)
