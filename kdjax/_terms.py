@@ -212,8 +212,12 @@ def _check_int(value, name: str, minimum: int) -> None:
     raise ValueError(f'`{name}` must be an int >= {minimum}, got {value!r}.')
 
 
-def _feature_name(names: Names) -> str:
-  return names if isinstance(names, str) else '-'.join(names)
+def _feature_name(names: Names, arg: str) -> str:
+  if isinstance(names, str):
+    return names
+  if isinstance(names, (tuple, list)) and names and all(isinstance(n, str) for n in names):
+    return '-'.join(names)
+  raise TypeError(f'`{arg}` must be a feature name, got {names!r}.')
 
 
 # ------------------------------------------------------------------ term modules
@@ -315,12 +319,13 @@ class ContrastiveMemory(nn.Module):
     >>> module = ContrastiveMemory(num_examples=10, embed_dim=4, num_negatives=3)
     >>> ctx = TermContext(None, jnp.ones(2, bool), jnp.array([0, 1]), None)
     >>> s, t = jnp.ones((2, 6)), jnp.ones((2, 5))
-    >>> variables = module.init({'params': jax.random.key(0), 'sample': jax.random.key(1)},
-    ...                         s, t, ctx)
+    >>> variables = jax.jit(module.init)({'params': jax.random.key(0),
+    ...                                   'sample': jax.random.key(1)}, s, t, ctx)
     >>> variables['term_state']['teacher_bank'].shape
     (10, 4)
-    >>> (a, p, n), new = module.apply(variables, s, t, ctx, rngs={'sample': jax.random.key(2)},
-    ...                               mutable=['term_state'])
+    >>> apply = jax.jit(lambda v: module.apply(v, s, t, ctx, rngs={'sample': jax.random.key(2)},
+    ...                                        mutable=['term_state']))
+    >>> (a, p, n), new = apply(variables)
     >>> a.shape, n.shape
     ((2, 2, 4), (2, 2, 3, 4))
   """
@@ -439,8 +444,11 @@ class FactorTransfer(nn.Module):
     >>> import jax, jax.numpy as jnp
     >>> module = FactorTransfer(rate=0.5)
     >>> s, t = jnp.ones((2, 4, 4, 3)), jnp.ones((2, 4, 4, 8))
-    >>> variables = module.init(jax.random.key(0), s, t, None)
-    >>> (fs, ft), extra = module.apply(variables, s, t, None, mutable=['losses'])
+    >>> variables = jax.eval_shape(module.init, jax.random.key(0), s, t, None)  # shapes only
+    >>> variables['params']['paraphraser_enc3']['kernel'].shape  # 3×3 conv to k = 4 channels
+    (3, 3, 4, 4)
+    >>> (fs, ft), extra = jax.eval_shape(
+    ...     lambda v: module.apply(v, s, t, None, mutable=['losses']), variables)
     >>> fs.shape, ft.shape, extra['losses']['reconstruction'][0].shape
     ((2, 4, 4, 4), (2, 4, 4, 4), (2,))
   """
@@ -531,8 +539,9 @@ class TripletMining(nn.Module):
 # ------------------------------------------------------------------ factories
 
 def _term(prefix: str, student, teacher, name, **fields) -> Term:
-  return Term(name or f'{prefix}/{_feature_name(student)}', student=student, teacher=teacher,
-              **fields)
+  label = _feature_name(student, 'student_feature')
+  _feature_name(teacher, 'teacher_feature')
+  return Term(name or f'{prefix}/{label}', student=student, teacher=teacher, **fields)
 
 
 def attention_transfer(student_feature: str, teacher_feature: str, weight: Weight = 1.0, *,
@@ -686,8 +695,8 @@ def similarity_preserving(student_feature: str, teacher_feature: str, weight: We
                loss=losses.similarity_preserving, weight=weight, teacher_name=teacher_name)
 
 
-def rkd_distance(student_feature: str = 'embedding', teacher_feature: str = 'embedding',
-                 weight: Weight = 1.0, *, teacher_name: Optional[str] = None,
+def rkd_distance(weight: Weight = 1.0, *, student_feature: str = 'embedding',
+                 teacher_feature: str = 'embedding', teacher_name: Optional[str] = None,
                  name: Optional[str] = None) -> Term:
   """Relational KD, distance-wise (RKD-D): match the batch's normalised pairwise distances.
 
@@ -696,9 +705,9 @@ def rkd_distance(student_feature: str = 'embedding', teacher_feature: str = 'emb
   learning, beside the angle term at 50).
 
   Args:
+    weight: term weight or schedule.
     student_feature: a student feature (default ``'embedding'``).
     teacher_feature: a teacher feature (default ``'embedding'``).
-    weight: term weight or schedule.
     teacher_name: which teacher.
     name: metric name; default ``'rkd_distance/<student_feature>'``.
 
@@ -718,8 +727,8 @@ def rkd_distance(student_feature: str = 'embedding', teacher_feature: str = 'emb
                module=Embed())
 
 
-def rkd_angle(student_feature: str = 'embedding', teacher_feature: str = 'embedding',
-              weight: Weight = 1.0, *, teacher_name: Optional[str] = None,
+def rkd_angle(weight: Weight = 1.0, *, student_feature: str = 'embedding',
+              teacher_feature: str = 'embedding', teacher_name: Optional[str] = None,
               name: Optional[str] = None) -> Term:
   """Relational KD, angle-wise (RKD-A): match the angles of the batch's triplets.
 
@@ -727,9 +736,9 @@ def rkd_angle(student_feature: str = 'embedding', teacher_feature: str = 'embedd
   loss is :func:`kdjax.losses.rkd_angle`, ``O(B³)`` in memory.
 
   Args:
+    weight: term weight or schedule.
     student_feature: a student feature (default ``'embedding'``).
     teacher_feature: a teacher feature (default ``'embedding'``).
-    weight: term weight or schedule.
     teacher_name: which teacher.
     name: metric name; default ``'rkd_angle/<student_feature>'``.
 
@@ -748,8 +757,8 @@ def rkd_angle(student_feature: str = 'embedding', teacher_feature: str = 'embedd
                weight=weight, teacher_name=teacher_name, module=Embed())
 
 
-def pkt(student_feature: str = 'embedding', teacher_feature: str = 'embedding',
-        weight: Weight = 1.0, *, eps: float = 1e-7, teacher_name: Optional[str] = None,
+def pkt(weight: Weight = 1.0, *, student_feature: str = 'embedding',
+        teacher_feature: str = 'embedding', eps: float = 1e-7, teacher_name: Optional[str] = None,
         name: Optional[str] = None) -> Term:
   """Probabilistic knowledge transfer (PKT): match the batch's cosine-kernel conditionals.
 
@@ -757,9 +766,9 @@ def pkt(student_feature: str = 'embedding', teacher_feature: str = 'embedding',
   loss is :func:`kdjax.losses.pkt`.
 
   Args:
+    weight: term weight or schedule.
     student_feature: a student feature (default ``'embedding'``).
     teacher_feature: a teacher feature (default ``'embedding'``).
-    weight: term weight or schedule.
     eps: ``ε`` inside the logarithm.
     teacher_name: which teacher.
     name: metric name; default ``'pkt/<student_feature>'``.
@@ -783,8 +792,8 @@ def pkt(student_feature: str = 'embedding', teacher_feature: str = 'embedding',
                teacher_name=teacher_name, module=Embed(), kwargs={'eps': eps})
 
 
-def correlation_congruence(student_feature: str = 'embedding',
-                           teacher_feature: str = 'embedding', weight: Weight = 1.0, *,
+def correlation_congruence(weight: Weight = 1.0, *, student_feature: str = 'embedding',
+                           teacher_feature: str = 'embedding',
                            gamma: float = 0.4, order: int = 2,
                            embed_dim: Optional[int] = None,
                            teacher_name: Optional[str] = None,
@@ -796,9 +805,9 @@ def correlation_congruence(student_feature: str = 'embedding',
   :func:`kdjax.losses.cc_loss` (Taylor-expanded Gaussian RBF).
 
   Args:
+    weight: term weight or schedule.
     student_feature: a student feature (default ``'embedding'``).
     teacher_feature: a teacher feature (default ``'embedding'``).
-    weight: term weight or schedule.
     gamma: RBF parameter γ (paper: 0.4).
     order: Taylor order (paper: 2).
     embed_dim: width of the student and teacher heads (``None``: no heads).
@@ -829,8 +838,8 @@ def correlation_congruence(student_feature: str = 'embedding',
                kwargs={'gamma': gamma, 'order': order})
 
 
-def crd(student_feature: str = 'embedding', teacher_feature: str = 'embedding',
-        weight: Weight = 1.0, *, num_examples: int, embed_dim: int = 128,
+def crd(weight: Weight = 1.0, *, student_feature: str = 'embedding',
+        teacher_feature: str = 'embedding', num_examples: int, embed_dim: int = 128,
         num_negatives: int = 4096, temperature: float = 0.07, momentum: float = 0.5,
         teacher_name: Optional[str] = None, name: Optional[str] = None) -> Term:
   """Contrastive representation distillation (CRD) with memory banks and sampled negatives.
@@ -844,13 +853,14 @@ def crd(student_feature: str = 'embedding', teacher_feature: str = 'embedding',
   ``[0, num_examples)``.
 
   Args:
+    weight: term weight or schedule.
     student_feature: a student feature (default ``'embedding'``).
     teacher_feature: a teacher feature (default ``'embedding'``).
-    weight: term weight or schedule.
     num_examples: the training set's size (the banks' rows).
     embed_dim: embedding width (paper: 128).
-    num_negatives: negatives per example (paper: 16384; the step gathers
-      ``[B, 2, K, embed_dim]`` of them).
+    num_negatives: negatives per example ``K`` (paper: 16384; the default is
+      lower because the step gathers ``[B, 2, K, embed_dim]`` of them, 268 MB
+      in float32 at ``B = 64, K = 4096, embed_dim = 128``).
     temperature: τ (paper: 0.07).
     momentum: bank momentum (paper: 0.5).
     teacher_name: which teacher.
@@ -973,8 +983,8 @@ def factor_transfer(student_feature: str, teacher_feature: str, weight: Weight =
                kwargs={'p': p})
 
 
-def triplet(student_feature: str = 'embedding', teacher_feature: str = 'embedding',
-            weight: Weight = 1.0, *, margin: float = 1.0, distance: str = 'euclidean',
+def triplet(weight: Weight = 1.0, *, student_feature: str = 'embedding',
+            teacher_feature: str = 'embedding', margin: float = 1.0, distance: str = 'euclidean',
             mining: str = 'hard', student_head: bool = False,
             teacher_name: Optional[str] = None, name: Optional[str] = None) -> Term:
   """Triplet distillation with in-batch negative mining.
@@ -985,9 +995,9 @@ def triplet(student_feature: str = 'embedding', teacher_feature: str = 'embeddin
   labels.
 
   Args:
+    weight: term weight or schedule.
     student_feature: a student feature (default ``'embedding'``).
     teacher_feature: a teacher feature (default ``'embedding'``).
-    weight: term weight or schedule.
     margin: the margin ``m >= 0``.
     distance: ``'euclidean'``, ``'squared_euclidean'`` or ``'cosine'``.
     mining: ``'hard'`` or ``'random'``.

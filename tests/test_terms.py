@@ -336,7 +336,8 @@ def _outputs():
      r"Term 'ft/embedding'.*`student` and `teacher` must be .* the same rank", True),
     (lambda: steps.triplet(),
      r"Term 'triplet/embedding'.*width 6 and the `teacher` embedding 5.*student_head=True", True),
-    (lambda: steps.rkd_distance('nope'), r"The student has no feature 'nope'", True),
+    (lambda: steps.rkd_distance(student_feature='nope'), r"The student has no feature 'nope'",
+     True),
     (lambda: steps.pkt(teacher_feature='nope'), r"Teacher 'teacher' has no feature 'nope'", True),
 ])
 def test_bad_features_raise_at_trace_time_naming_the_term(make, message, by_module):
@@ -367,13 +368,15 @@ def test_bad_features_raise_at_trace_time_naming_the_term(make, message, by_modu
     (lambda: steps.triplet(mining='semi'), r'`mining` must be one of'),
     (lambda: steps.triplet(margin=-1.0), r'`margin` must be >= 0'),
     (lambda: steps.correlation_congruence(order=-1), r'`order` must be an int >= 0'),
+    (lambda: steps.crd(0.8, student_feature=0.8, num_examples=10),
+     r'`student_feature` must be a feature name'),
     (lambda: steps.Term('x', losses.hint_l2, adapter=nn.Dense(2), module=steps.Embed()),
      r'`adapter` or a `module`, not both'),
     (lambda: steps.Term('x', losses.hint_l2, student=('a', 'b'), adapter=nn.Dense(2)),
      r'an `adapter` takes one student feature'),
 ])
 def test_bad_options_raise_when_building_the_term(make, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises((ValueError, TypeError), match=message):
     make()
 
 
