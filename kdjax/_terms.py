@@ -43,7 +43,6 @@ import jax.numpy as jnp
 
 from kdjax import losses
 from kdjax.losses import _checks
-from kdjax.losses._metric import _distance
 
 
 Weight = Union[float, Callable[[jax.Array], jax.Array]]
@@ -482,6 +481,16 @@ class FactorTransfer(nn.Module):
 _MINING = ('hard', 'random')
 
 
+def _pairwise_distance(a: jax.Array, b: jax.Array, kind: str) -> jax.Array:
+  """``[B, D] × [B, D] -> [B, B]`` distances from a Gram matrix (no ``[B, B, D]`` tensor)."""
+  if kind == 'cosine':
+    return 1.0 - _unit(a) @ _unit(b).T
+  sq = (jnp.sum(jnp.square(a), -1)[:, None] + jnp.sum(jnp.square(b), -1)[None, :]
+        - 2.0 * a @ b.T)
+  sq = jnp.maximum(sq, 0.0)
+  return sq if kind == 'squared_euclidean' else jnp.sqrt(sq)
+
+
 class TripletMining(nn.Module):
   """Mines each anchor's negative in the batch for triplet distillation (Oki et al. 2020).
 
@@ -527,8 +536,8 @@ class TripletMining(nn.Module):
     labels = jnp.asarray(context.labels).reshape(-1)
     candidate = (labels[:, None] != labels[None, :]) & jnp.asarray(context.mask, bool)[None, :]
     if self.mining == 'hard':
-      a_fixed = jax.lax.stop_gradient(a).astype(p.dtype)
-      score = -_distance(a_fixed[:, None, :], p[None, :, :], self.distance)
+      score = -_pairwise_distance(jax.lax.stop_gradient(a).astype(jnp.float32),
+                                  p.astype(jnp.float32), self.distance)
     else:
       score = jax.random.gumbel(self.make_rng(SAMPLE_RNG), candidate.shape)
     j = jnp.argmax(jnp.where(candidate, score, -jnp.inf), axis=1)
