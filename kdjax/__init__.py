@@ -25,6 +25,7 @@ from kdjax.checkpoint import Checkpointer
 from kdjax.checkpoint import load_variables
 from kdjax.state import TrainState
 from kdjax.steps import hint
+from kdjax.steps import init_terms
 from kdjax.steps import make_distill_step
 from kdjax.steps import make_eval_step
 from kdjax.steps import make_train_step

@@ -180,9 +180,13 @@ def train_and_evaluate(
                                   transform=transform, placement=data_placement)
   init_rng, adapter_rng, step_rng = jax.random.split(jax.random.key(seed), 3)
   variables = models.init_variables(model, init_rng, sample['x'][:1])
-  aux = steps.init_adapters(terms, forward(variables, sample['x'][:2], train=False), adapter_rng)
+  teacher_sample = None
+  if needs_teacher and any(t.module is not None for t in terms):
+    teacher_sample = models.as_forward(teacher)(teacher_variables, sample['x'][:2], train=False)
+  init = steps.init_terms(terms, forward(variables, sample['x'][:2], train=False), adapter_rng,
+                          teacher_sample)
   tx = optimizer or default_optimizer(learning_rate, num_steps)
-  state = TrainState.create(apply_fn=forward, variables=variables, tx=tx, aux_params=aux)
+  state = TrainState.create(apply_fn=forward, variables=variables, tx=tx, **init)
 
   step_fn = jax.jit(steps.make_distill_step(terms, teacher if needs_teacher else None),
                     donate_argnums=0)

@@ -27,6 +27,9 @@ class TrainState(struct.PyTreeNode):
     aux_params: trainable parameters that are not the student's, such as the
       adapters of feature terms (``{term_name: params}``). Optimised together
       with ``params`` and dropped when the student is exported.
+    term_state: non-trainable state of loss terms, updated inside the step
+      (e.g. CRD's memory banks, ``{term_name: {...}}``); checkpointed with the
+      state, never differentiated nor seen by the optimizer.
     opt_state: optimizer state over ``{'params': params, 'aux': aux_params}``.
     apply_fn: the student's forward function (static; see ``kdjax.models``).
     tx: the optax transformation (static).
@@ -35,13 +38,15 @@ class TrainState(struct.PyTreeNode):
   params: Any
   model_state: Mapping[str, Any]
   aux_params: Mapping[str, Any]
+  term_state: Mapping[str, Any]
   opt_state: optax.OptState
   apply_fn: ForwardFn = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
   @classmethod
   def create(cls, *, apply_fn, variables: Mapping[str, Any], tx: optax.GradientTransformation,
-             aux_params: Mapping[str, Any] | None = None) -> 'TrainState':
+             aux_params: Mapping[str, Any] | None = None,
+             term_state: Mapping[str, Any] | None = None) -> 'TrainState':
     """Builds a state from a model's variables.
 
     Args:
@@ -49,7 +54,9 @@ class TrainState(struct.PyTreeNode):
         ``kdjax.models.linen_forward``).
       variables: ``{'params': ..., **other_collections}``.
       tx: the optimizer.
-      aux_params: extra trainable parameters (feature adapters).
+      aux_params: extra trainable parameters (feature adapters, term modules).
+      term_state: the terms' initial state (``kdjax.steps.init_terms``
+        returns both: ``TrainState.create(..., **init_terms(...))``).
 
     Returns:
       A fresh ``TrainState`` at step 0.
@@ -73,7 +80,8 @@ class TrainState(struct.PyTreeNode):
     aux_params = dict(aux_params or {})
     return cls(
         step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-        aux_params=aux_params, opt_state=tx.init({'params': params, 'aux': aux_params}),
+        aux_params=aux_params, term_state=dict(term_state or {}),
+        opt_state=tx.init({'params': params, 'aux': aux_params}),
         apply_fn=as_forward(apply_fn), tx=tx)
 
   @property

@@ -54,6 +54,11 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch, capsys):
   if 'box_map' in namespace:  # detection and segmentation
     assert 0.0 <= namespace['box_map']['mAP'] <= namespace['box_map']['mAP@.5'] <= 1.0
     assert namespace['targets'].positive.any() and 'mIoU 0.102, pixel accuracy 0.917' in out
+  if 'steps.init_terms' in _snippets()[index]:  # the feature and relational terms
+    metrics, state = namespace['metrics'], namespace['state']
+    assert "['student_bank', 'teacher_bank'] ['crd/embedding', 'vid/embedding']" in out
+    assert state.term_state['crd/embedding']['teacher_bank'].shape == (4000, 128)
+    assert int(metrics['skipped']) == 0 and np.isfinite(float(metrics['loss/crd/embedding']))
   if 'runs.train_and_evaluate' in _snippets()[index]:  # the notebook example
     for run in (namespace['teacher'], namespace['student']):
       assert 0.0 <= run.metrics['accuracy'] <= 1.0

@@ -128,7 +128,8 @@ def _describe(obj: Any) -> Any:
 def _describe_terms(terms: Sequence[steps.Term]) -> list:
   return [{'name': t.name, 'loss': _describe(t.loss), 'weight': _describe(t.weight),
            'student': t.student, 'teacher': t.teacher, 'teacher_name': t.teacher_name,
-           'labels': t.labels, 'adapter': _describe(t.adapter), 'kwargs': _describe(t.kwargs)}
+           'labels': t.labels, 'adapter': _describe(t.adapter), 'kwargs': _describe(t.kwargs),
+           **({} if t.module is None else {'module': _describe(t.module)})}
           for t in terms]
 
 
