@@ -54,6 +54,9 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch, capsys):
   if 'box_map' in namespace:  # detection and segmentation
     assert 0.0 <= namespace['box_map']['mAP'] <= namespace['box_map']['mAP@.5'] <= 1.0
     assert namespace['targets'].positive.any() and 'mIoU 0.102, pixel accuracy 0.917' in out
+  if 'det_metrics' in namespace:  # the dense distillation step
+    assert int(namespace['det_metrics']['skipped']) == 0 and int(namespace['state'].step) == 1
+    assert "'loss/hint', 'loss/ld', 'loss/soft']" in out
   if 'runs.train_and_evaluate' in _snippets()[index]:  # the notebook example
     for run in (namespace['teacher'], namespace['student']):
       assert 0.0 <= run.metrics['accuracy'] <= 1.0
