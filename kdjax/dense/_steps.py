@@ -638,7 +638,7 @@ def make_segmentation_distill_step(
     ...                             tx=optax.sgd(0.1))
     >>> critic = HolisticCritic(widths=(2,))
     >>> x = jnp.ones((2, 4, 4, 3))
-    >>> critic_vars = critic.init(jax.random.key(0), critic_input(x, x))
+    >>> critic_vars = jax.jit(critic.init)(jax.random.key(0), critic_input(x, x))
     >>> state = AdversarialState(student, TrainState.create(
     ...     apply_fn=critic, variables=critic_vars, tx=optax.adam(1e-3)))
     >>> step = jax.jit(make_segmentation_distill_step(
