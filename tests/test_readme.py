@@ -59,6 +59,9 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch, capsys):
     assert "['student_bank', 'teacher_bank'] ['crd/embedding', 'vid/embedding']" in out
     assert state.term_state['crd/embedding']['teacher_bank'].shape == (4000, 128)
     assert int(metrics['skipped']) == 0 and np.isfinite(float(metrics['loss/crd/embedding']))
+  if 'det_metrics' in namespace:  # the dense distillation step
+    assert int(namespace['det_metrics']['skipped']) == 0 and int(namespace['state'].step) == 1
+    assert "'loss/hint', 'loss/ld', 'loss/soft']" in out
   if 'runs.train_and_evaluate' in _snippets()[index]:  # the notebook example
     for run in (namespace['teacher'], namespace['student']):
       assert 0.0 <= run.metrics['accuracy'] <= 1.0

@@ -9,6 +9,12 @@ targets (FCOS), :func:`decode_boxes` and :func:`detect` turn head outputs
 into boxes and a fixed number of detections (jit-compatible :func:`nms`),
 :func:`coco_map` scores them with pycocotools, and :func:`confusion_matrix`
 with :func:`segmentation_metrics` score segmentations.
+
+The train steps (:func:`make_detection_step`, :func:`make_detection_distill_step`,
+:func:`make_segmentation_step`, :func:`make_segmentation_distill_step`) have
+the engine's ``step(state, teacher_variables, batch, rng)`` signature; the
+holistic (adversarial) segmentation step carries the student and its critic
+in one :class:`AdversarialState`.
 """
 
 # Target assignment.
@@ -31,3 +37,17 @@ from kdjax.dense._metrics import segmentation_metrics
 from kdjax.dense._nms import detect
 from kdjax.dense._nms import Detections
 from kdjax.dense._nms import nms
+# Train steps.
+from kdjax.dense._steps import AdversarialState
+from kdjax.dense._steps import critic_input
+from kdjax.dense._steps import detection_targets
+from kdjax.dense._steps import detection_task_loss
+from kdjax.dense._steps import HINT
+from kdjax.dense._steps import hint_adapter
+from kdjax.dense._steps import HolisticCritic
+from kdjax.dense._steps import init_hint_adapter
+from kdjax.dense._steps import make_detection_distill_step
+from kdjax.dense._steps import make_detection_step
+from kdjax.dense._steps import make_segmentation_distill_step
+from kdjax.dense._steps import make_segmentation_step
+from kdjax.dense._steps import segmentation_labels

@@ -14,7 +14,9 @@ not range-checked. See ``docs/losses.md`` for the full table.
 
 # Task-specific losses (detection, segmentation, transformers, metric learning).
 from kdjax.losses._detection import bounded_regression
+from kdjax.losses._detection import distribution_focal_loss
 from kdjax.losses._detection import localization_distillation
+from kdjax.losses._detection import softmax_focal_loss
 from kdjax.losses._detection import weighted_soft_cross_entropy
 # Feature, embedding and relational losses.
 from kdjax.losses._features import attention_transfer

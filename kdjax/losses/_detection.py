@@ -210,3 +210,103 @@ def localization_distillation(
   edge_where = None if where is None else where[..., None, None]
   per_edge = kl_distillation(s, t, temperature=temperature, where=edge_where)
   return jnp.sum(per_edge, axis=-1)
+
+
+def softmax_focal_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    gamma: float = 2.0,
+) -> jax.Array:
+  r"""Focal loss of a softmax class head: ``−(1 − p_y)^γ \log p_y``.
+
+  The focal loss (Lin et al. 2017) down-weights the easy (mostly background)
+  locations of a dense head by ``(1 − p_y)^γ``. kdjax's dense detector has a
+  softmax head with the background as class 0 (so that the soft-label KD of
+  Chen et al. 2017 applies), hence the softmax form rather than the paper's
+  per-class sigmoids. ``γ = 0`` is the cross-entropy. Normalising (the paper
+  divides the sum over locations by the number of positives) is the caller's.
+
+  Args:
+    logits: ``[..., C]`` class logits (background included).
+    labels: ``[...]`` integer targets in ``[0, C)``.
+    gamma: focusing parameter ``γ >= 0`` (paper: 2).
+
+  Returns:
+    ``[...]`` per-location loss, in at least float32.
+
+  Raises:
+    ValueError: for non-floating logits, labels that do not match, or
+      ``gamma < 0``.
+
+  References:
+    Lin, Goyal, Girshick, He & Dollár, "Focal Loss for Dense Object
+    Detection", ICCV 2017, arXiv:1708.02002.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax.losses import softmax_focal_loss
+    >>> z = jnp.log(jnp.array([[0.5, 0.5], [0.9, 0.1]]))
+    >>> softmax_focal_loss(z, jnp.array([0, 0]))  # 0.25·log 2 and 0.01·log(1/0.9)
+    Array([0.1732..., 0.0010...], dtype=float32)
+  """
+  _checks.check_min_rank(logits, 1, 'logits')
+  _check_nonnegative(gamma, 'gamma')
+  z = _checks.as_float(logits, 'logits')
+  labels = jnp.asarray(labels)
+  if labels.shape != z.shape[:-1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f'`labels` must be integers of shape {z.shape[:-1]} (the logits without '
+                     f'the class axis), got {labels.dtype} {labels.shape}.')
+  log_p = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), labels[..., None], axis=-1)[..., 0]
+  if not _checks.is_traced(gamma) and float(gamma) == 0.0:
+    return -log_p  # the cross-entropy, without 0^0's NaN gradient at p_y = 1
+  return -jnp.power(-jnp.expm1(log_p), gamma) * log_p
+
+
+def distribution_focal_loss(edge_logits: jax.Array, distances: jax.Array) -> jax.Array:
+  r"""Distribution focal loss of a distributional box head (GFL, Eq. 6).
+
+  Each edge distance ``y`` (in bins) lies between the bins ``y_l = ⌊y⌋`` and
+  ``y_r = y_l + 1``; the loss is the cross-entropy towards those two bins,
+  weighted by their closeness: ``−((y_r − y) \log S_l + (y − y_l) \log S_r)``,
+  with ``S = softmax(e)``. It is minimised by the distribution whose
+  expectation (:func:`kdjax.dense.edge_expectation`) is ``y``.
+
+  Args:
+    edge_logits: ``[..., 4, n_bins]`` edge logits (left, top, right, bottom).
+    distances: ``[..., 4]`` target distances in ``[0, n_bins − 1)`` (e.g.
+      ``kdjax.dense.assign_targets(...).distances``); values outside are
+      clipped.
+
+  Returns:
+    ``[..., 4]`` per-edge loss, in at least float32.
+
+  Raises:
+    ValueError: for an edge axis other than 4, fewer than 2 bins, or
+      distances that do not match.
+
+  References:
+    Li, Wang, Wu, Chen, Hu, Li, Tang & Yang, "Generalized Focal Loss: Learning
+    Qualified and Distributed Bounding Boxes for Dense Object Detection",
+    NeurIPS 2020, arXiv:2006.04388.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax.losses import distribution_focal_loss
+    >>> e = jnp.log(jnp.array([[0.5, 0.5, 1e-9]] * 4))
+    >>> distribution_focal_loss(e, jnp.full((4,), 0.5))  # log 2 on every edge
+    Array([0.6931..., 0.6931..., 0.6931..., 0.6931...], dtype=float32)
+  """
+  _checks.check_min_rank(edge_logits, 2, 'edge_logits')
+  shape = jnp.shape(edge_logits)
+  if shape[-2] != 4 or shape[-1] < 2:
+    raise ValueError(f'`edge_logits` must have shape [..., 4, n_bins] with n_bins >= 2, got '
+                     f'{shape}.')
+  if jnp.shape(distances) != shape[:-1]:
+    raise ValueError(f'`distances` must have shape {shape[:-1]}, got {jnp.shape(distances)}.')
+  e = _checks.as_float(edge_logits, 'edge_logits')
+  d = jnp.clip(jnp.asarray(distances, e.dtype), 0.0, shape[-1] - 1 - 1e-3)
+  lo = jnp.floor(d).astype(jnp.int32)
+  log_p = jax.nn.log_softmax(e, axis=-1)
+  take = lambda i: jnp.take_along_axis(log_p, i[..., None], axis=-1)[..., 0]  # noqa: E731
+  return -((lo + 1 - d) * take(lo) + (d - lo) * take(lo + 1))

@@ -332,3 +332,51 @@ def test_ld_bad_inputs():
   with pytest.raises(ValueError, match='where'):
     losses.localization_distillation(jnp.zeros((2, 4, 8)), jnp.zeros((2, 4, 8)),
                                      where=np.ones(3, bool))
+
+
+# ------------------------------------------------- task losses of the dense head
+
+def test_softmax_focal_loss_matches_reference_and_gamma_zero_is_ce():
+  z = _randn(0, (5, 7, 11))
+  y = np.random.default_rng(1).integers(0, 11, size=(5, 7))
+  log_p = special.log_softmax(np.float64(z), axis=-1)
+  log_py = np.take_along_axis(log_p, y[..., None], axis=-1)[..., 0]
+  for gamma in (0.0, 0.5, 2.0):
+    ref = -(1 - np.exp(log_py))**gamma * log_py
+    got = jax.jit(functools.partial(losses.softmax_focal_loss, gamma=gamma))(z, y)
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=1e-6)
+  np.testing.assert_allclose(losses.softmax_focal_loss(z, y, gamma=0.0),
+                             losses.cross_entropy(z, y), rtol=RTOL)
+  # gamma = 0 keeps a finite gradient where p_y = 1.
+  sure = jnp.array([[100.0, -100.0]])
+  g = jax.grad(lambda s: losses.softmax_focal_loss(s, jnp.array([0]), gamma=0.0).sum())(sure)
+  assert np.isfinite(g).all()
+  check_grads(lambda s: losses.softmax_focal_loss(s, y[:2], gamma=2.0), (z[:2] / 3,), order=1,
+              modes=['rev'], atol=1e-2, rtol=1e-2)
+  with pytest.raises(ValueError, match='`gamma` must be >= 0'):
+    losses.softmax_focal_loss(z, y, gamma=-1.0)
+  with pytest.raises(ValueError, match='`labels` must be integers'):
+    losses.softmax_focal_loss(z, y[:, :3])
+
+
+def test_distribution_focal_loss_matches_reference_and_is_minimal_at_the_target():
+  e = _randn(2, (3, 4, 8))
+  d = np.random.default_rng(3).uniform(0, 6.99, size=(3, 4)).astype(np.float32)
+  log_s = special.log_softmax(np.float64(e), axis=-1)
+  lo = np.floor(d).astype(int)
+  take = lambda i: np.take_along_axis(log_s, i[..., None], axis=-1)[..., 0]  # noqa: E731
+  ref = -((lo + 1 - d) * take(lo) + (d - lo) * take(lo + 1))
+  np.testing.assert_allclose(jax.jit(losses.distribution_focal_loss)(e, d), ref, rtol=RTOL)
+  # Its minimiser puts (y_r - y, y - y_l) on the two bins: the expectation is y.
+  best = np.zeros((1, 4, 8)) - 1e9
+  best[0, :, 2], best[0, :, 3] = np.log(0.75), np.log(0.25)
+  y = np.full((1, 4), 2.25, np.float32)
+  loss = losses.distribution_focal_loss(jnp.asarray(best, jnp.float32), y)
+  grad = jax.grad(lambda x: losses.distribution_focal_loss(x, y).sum())(
+      jnp.asarray(best, jnp.float32))
+  np.testing.assert_allclose(grad, 0.0, atol=1e-5)
+  assert float(loss[0, 0]) > 0
+  with pytest.raises(ValueError, match=r'\[\.\.\., 4, n_bins\]'):
+    losses.distribution_focal_loss(e[:, :3], d[:, :3])
+  with pytest.raises(ValueError, match='`distances` must have shape'):
+    losses.distribution_focal_loss(e, d[:, :2])

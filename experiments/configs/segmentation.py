@@ -1,0 +1,51 @@
+"""Structured KD for segmentation on digit canvases: scratch, +pixel, +pair, +holistic.
+
+``python -m experiments.run --config experiments/configs/segmentation.py``
+(not yet run in full here: budget tens of minutes on 2 cores, 3 seeds);
+``:quick`` is a smoke run on tiny models and a few steps.
+"""
+
+import ml_collections
+
+
+def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = 'segmentation'
+  c.results = 'segmentation'        # experiments/results/<results>/
+  c.workdir = 'runs/segmentation'   # checkpoints; complete runs are restored, not retrained
+  c.fresh = False
+  c.seeds = (0, 1, 2)
+  c.data_dir = ''
+  c.num_train = 2000
+  c.num_test = 500
+  c.progress = False
+  c.batch_size = 32
+  c.num_steps = 2000
+  c.learning_rate = 2e-3
+  c.teacher = {}                    # kwargs of unet_teacher
+  c.student = {}                    # kwargs of unet_student
+  # Distillation weights (0 disables a term); Liu et al. 2019 use 10, 1 and 0.1
+  # for the pixel-wise, pair-wise and holistic terms.
+  c.pixel_weight = 10.0
+  c.pair_weight = 1.0
+  c.holistic_weight = 0.1
+  c.critic_widths = (16, 32)
+  c.critic_learning_rate = 1e-4
+  c.gp_weight = 10.0
+  c.num_examples = 4                # test canvases in segmentation_examples.png
+
+  if mode == 'quick':
+    c.results = 'segmentation_quick'
+    c.workdir = 'runs/segmentation_quick'
+    c.seeds = (0,)
+    c.num_train = 32
+    c.num_test = 16
+    c.batch_size = 8
+    c.num_steps = 4
+    c.teacher = {'widths': (4, 8)}
+    c.student = {'widths': (4, 8)}
+    c.critic_widths = (4,)
+    c.num_examples = 2
+  elif mode != 'default':
+    raise ValueError(f"Unknown segmentation mode {mode!r}; use 'default' or 'quick'.")
+  return c
