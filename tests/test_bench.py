@@ -101,6 +101,5 @@ def test_accelerator_script_runs_tiny_on_cpu(tmp_path):
     result = json.loads(open(path).read())
     assert result['matmul_peak_flop_per_s'] > 0, name
   conv = json.loads(open(summary['results']['convolutions']).read())
-  assert {(r['batch'], r['dtype']) for r in conv['rows']} == {
-      (8, 'float32'), (8, 'bfloat16'), (16, 'float32'), (16, 'bfloat16')}
+  assert {(r['batch'], r['dtype']) for r in conv['rows']} == {(8, 'float32'), (8, 'bfloat16')}
   assert all(r['images_per_s'] > 0 for r in conv['rows'])

@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 
 if [[ "${TINY:-0}" == "1" ]]; then
   COHORT=(--models mlp --quick --min-seconds 0 --rounds 1)
-  CONV=(--model resnet8 --batch 8 16 --steps 2 --rounds 1)
+  CONV=(--model resnet8 --batch 8 --steps 2 --rounds 1)
   LOOP=(--num-steps 4 --repeats 1)
 else
   COHORT=(--rounds 3)
