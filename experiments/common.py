@@ -175,6 +175,40 @@ def paired(records: Iterable[Mapping[str, Any]], method: Mapping[str, Any],
                                   by_seed(records, metric, **baseline))
 
 
+def versus_scratch(records: Iterable[Mapping[str, Any]], students: Sequence[str],
+                   metrics: Mapping[str, str]) -> dict[str, stats.Comparison]:
+  """Each student model against ``'scratch'`` on each metric, one Holm-corrected family.
+
+  Args:
+    records: per-seed records with a ``'model'`` field.
+    students: the models compared with ``'scratch'``.
+    metrics: ``{label: record key}``, e.g. ``{'mAP': 'map'}``.
+
+  Returns:
+    ``{'<student> vs scratch, <label>': comparison}``.
+  """
+  records = list(records)
+  family = [(f'{m} vs scratch, {label}', paired(records, {'model': m}, {'model': 'scratch'}, key))
+            for label, key in metrics.items() for m in students]
+  return {c.name: c for c in stats.compare(family)}
+
+
+def reproduced_versus_scratch(cmp: Mapping[str, stats.Comparison], students: Sequence[str],
+                              label: str) -> str:
+  """The verdict line: which students beat the scratch student on ``label``."""
+  better = [m for m in students if cmp[f'{m} vs scratch, {label}'].verdict == stats.BETTER]
+  if len(better) == len(students):
+    summary = f'Reproduced: every distilled student beats the scratch student in {label}'
+  elif not better:
+    summary = ('Not reproduced: no distilled student is significantly better than scratch in '
+               f'{label}')
+  else:
+    summary = (f'Partly reproduced: {", ".join(better)} beat(s) the scratch student in {label}, '
+               f'not {", ".join(m for m in students if m not in better)}')
+  return summary + '. ' + '; '.join(
+      f'{m}: {stats.summary(cmp[f"{m} vs scratch, {label}"])}' for m in students) + '.'
+
+
 def comparison_lines(family: Sequence[stats.Comparison]) -> str:
   """A Markdown list of every comparison of a family, with the criterion."""
   return ('Paired comparisons (' + stats.CRITERION + '; Δ in accuracy points):\n\n'

@@ -215,12 +215,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
     if r.get('images_per_second') is None:
       r['images_per_second'] = float('nan')
   students = [m for m in methods(config) if m != 'scratch']
-  family = [(f'{m} vs scratch, mAP', common.paired(records, {'model': m}, {'model': 'scratch'},
-                                                   'map')) for m in students]
-  family += [(f'{m} vs scratch, mAP@.5', common.paired(records, {'model': m},
-                                                       {'model': 'scratch'}, 'map50'))
-             for m in students]
-  cmp = {c.name: c for c in stats.compare(family)}
+  cmp = common.versus_scratch(records, students, {'mAP': 'map', 'mAP@.5': 'map50'})
   agg = common.aggregate(records, ['model'], ['map', 'map50', 'images_per_second'],
                          percent=['map', 'map50'])
   rows = []
@@ -236,16 +231,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
                        path=os.path.join(out_dir, 'detection_map.png'),
                        title='Digit-canvas detection: test COCO mAP@[.5:.95]', xlabel='model',
                        ylabel='mAP@[.5:.95] (%)')
-  better = [m for m in students if cmp[f'{m} vs scratch, mAP'].verdict == stats.BETTER]
-  if len(better) == len(students):
-    summary = 'Reproduced: every distilled student beats the scratch student in mAP'
-  elif not better:
-    summary = 'Not reproduced: no distilled student is significantly better than scratch in mAP'
-  else:
-    summary = (f'Partly reproduced: {", ".join(better)} beat(s) the scratch student in mAP, '
-               f'not {", ".join(m for m in students if m not in better)}')
-  verdict = summary + '. ' + '; '.join(
-      f'{m}: {stats.summary(cmp[f"{m} vs scratch, mAP"])}' for m in students) + '.'
+  verdict = common.reproduced_versus_scratch(cmp, students, 'mAP')
   notes = (
       f'Setup: digit canvases ({facts["train_size"]} train / {facts["test_size"]} test, '
       f'{facts["image_size"]} px, 1-4 digits). Teacher `dense_detector_teacher` '

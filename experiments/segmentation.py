@@ -186,12 +186,8 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
     if r.get('images_per_second') is None:
       r['images_per_second'] = float('nan')
   students = [m for m in methods(config) if m != 'scratch']
-  family = [(f'{m} vs scratch, mIoU', common.paired(records, {'model': m},
-                                                    {'model': 'scratch'}, 'miou'))
-            for m in students]
-  family += [(f'{m} vs scratch, pixel accuracy', common.paired(
-      records, {'model': m}, {'model': 'scratch'}, 'pixel_accuracy')) for m in students]
-  cmp = {c.name: c for c in stats.compare(family)}
+  cmp = common.versus_scratch(records, students,
+                              {'mIoU': 'miou', 'pixel accuracy': 'pixel_accuracy'})
   agg = common.aggregate(records, ['model'], ['miou', 'pixel_accuracy', 'images_per_second'],
                          percent=['miou', 'pixel_accuracy'])
   rows = []
@@ -207,16 +203,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
                        path=os.path.join(out_dir, 'segmentation_miou.png'),
                        title='Digit-canvas segmentation: test mIoU', xlabel='model',
                        ylabel='mIoU (%)')
-  better = [m for m in students if cmp[f'{m} vs scratch, mIoU'].verdict == stats.BETTER]
-  if len(better) == len(students):
-    summary = 'Reproduced: every distilled student beats the scratch student in mIoU'
-  elif not better:
-    summary = 'Not reproduced: no distilled student is significantly better than scratch in mIoU'
-  else:
-    summary = (f'Partly reproduced: {", ".join(better)} beat(s) the scratch student in mIoU, '
-               f'not {", ".join(m for m in students if m not in better)}')
-  verdict = summary + '. ' + '; '.join(
-      f'{m}: {stats.summary(cmp[f"{m} vs scratch, mIoU"])}' for m in students) + '.'
+  verdict = common.reproduced_versus_scratch(cmp, students, 'mIoU')
   notes = (
       f'Setup: digit canvases ({facts["train_size"]} train / {facts["test_size"]} test, '
       f'{facts["image_size"]} px, 11 classes with the background). Teacher `unet_teacher` '
