@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench constraints clean experiments experiments-quick experiments-report
+.PHONY: install demo test test-fast test-long lint bench constraints clean experiments experiments-quick experiments-report
 
 install: $(STAMP)
 
@@ -16,15 +16,20 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(PY) -m experiments.run --config experiments/configs/demo.py
 
+# The default suite (under 10 minutes on 2 cores); `make test-long` runs the rest.
 test: lint
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q -m "not long"
 
 lint: install
 	$(PY) -m flake8 kdjax experiments tests
 	$(PY) -m isort --check-only --quiet kdjax experiments tests
 
 test-fast: install
-	$(PY) -m pytest -n 2 -q -m "not slow"
+	$(PY) -m pytest -n 2 -q -m "not slow and not long"
+
+# Experiment smoke runs and benchmark scripts (several minutes of training).
+test-long: install
+	$(PY) -m pytest -n 2 -q -m long
 
 bench: install
 	$(PY) -m experiments.bench.cohort

@@ -37,6 +37,7 @@ def test_cohort_bench_row_for_one_model():
   assert '| mlp | 2 | 8 |' in table
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_train_loop_bench_rows(data_dir):
   from experiments.bench import train_loop
@@ -82,6 +83,7 @@ def test_train_loop_floor_loss_matches_hinton_kd():
   np.testing.assert_allclose(got, 0.1 * ce + 0.9 * kd, rtol=1e-5)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_accelerator_script_runs_tiny_on_cpu(tmp_path):
   import json

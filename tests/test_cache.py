@@ -279,6 +279,7 @@ def shared(tmp_path_factory):
           'teacher_dir': str(tmp_path_factory.mktemp('teachers'))}
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['temperature', 'topk', 'dkd_dist'])
 def test_experiment_quick(name, shared, tmp_path, monkeypatch):

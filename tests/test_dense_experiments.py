@@ -8,6 +8,7 @@ from experiments.configs import detection as detection_config
 from experiments.configs import segmentation as segmentation_config
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_detection_quick(quick_config, check_results, results):
   config = quick_config(detection_config)
@@ -19,6 +20,7 @@ def test_detection_quick(quick_config, check_results, results):
   assert all(0.0 <= r['map'] <= r['map50'] <= 1.0 for r in records)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_segmentation_quick(quick_config, check_results, results):
   config = quick_config(segmentation_config)

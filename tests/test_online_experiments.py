@@ -46,6 +46,7 @@ def test_train_loop_restores_a_complete_run(tmp_path):
   assert np.any(np.asarray(first.state.params['w']) != 0)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_dml_quick(quick_config, check_results, results):
   config = quick_config(dml_config)
@@ -71,6 +72,7 @@ def test_dml_quick(quick_config, check_results, results):
           np.mean(parts))
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_one_quick(quick_config, check_results, results):
   config = quick_config(one_config)
@@ -95,6 +97,7 @@ def test_one_quick(quick_config, check_results, results):
                                             'single model (mean over runs)'}
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_byot_quick(quick_config, check_results, results):
   config = quick_config(byot_config)

@@ -194,6 +194,7 @@ def test_born_again_generations_and_their_ensemble(chain, data):
   assert out['member_accuracy'][1] == pytest.approx(ban.final.metrics['accuracy'])
 
 
+@pytest.mark.long
 def test_takd_quick_experiment_reuses_the_chain_links(chain, data_dir, tmp_path, monkeypatch):
   """The takd experiment's quick mode (results to a tmp dir) on the chain's workdir."""
   root, first = chain

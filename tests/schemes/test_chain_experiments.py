@@ -15,6 +15,7 @@ from experiments.configs import takd as takd_config
 from kdjax import models
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_eskd_quick(quick_config, check_results, results):
   rows = eskd.run(quick_config(eskd_config))
@@ -26,6 +27,7 @@ def test_eskd_quick(quick_config, check_results, results):
   assert all(r['kd_loss_train'] >= 0 for r in records if r['kd_term'] != '—')
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_ban_quick(quick_config, check_results, results):
   rows = ban.run(quick_config(ban_config))
@@ -43,6 +45,7 @@ def _check_digits_text(md, config_file, mode='digits_quick'):
   assert f'--config experiments/configs/{config_file}:{mode}`' in md
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_eskd_digits_quick(quick_config, check_results, results):
   rows = eskd.run(quick_config(eskd_config, 'digits_quick'))
@@ -53,6 +56,7 @@ def test_eskd_digits_quick(quick_config, check_results, results):
       ('— (scratch)', 0, '—'), ('T', 5, 'full'), ('T', 10, 'full'), ('T', 10, 'stopped at 5')}
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_ban_digits_quick(quick_config, check_results, results):
   rows = ban.run(quick_config(ban_config, 'digits_quick'))
@@ -63,6 +67,7 @@ def test_ban_digits_quick(quick_config, check_results, results):
                                            'independent ensemble #0–1'}
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_takd_digits_quick(quick_config, check_results, results):
   rows = takd.run(quick_config(takd_config, 'digits_quick'))

@@ -343,6 +343,7 @@ def test_step_rejects_bad_multipliers():
 
 # ------------------------------------------------------------- experiment
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_experiment_quick(tmp_path, monkeypatch):
   from experiments import common
@@ -358,6 +359,7 @@ def test_experiment_quick(tmp_path, monkeypatch):
     assert (out / name).exists(), name
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_experiment_digits_quick(tmp_path, monkeypatch):
   from experiments import common

@@ -273,6 +273,7 @@ def test_phase2_starts_from_exactly_the_generated_weights():
 
 # ------------------------------------------------------------- experiment
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_experiment_quick(tmp_path, monkeypatch):
   from experiments import common
