@@ -21,6 +21,7 @@ def test_compiled_memory_and_rss_are_reported():
   assert _measure.matmul_peak(n=64, repeats=2) > 0
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_cohort_bench_row_for_one_model():
   from experiments.bench import cohort

@@ -40,7 +40,8 @@ def _train(student, teacher, batches, dtype):
 # ResNet's (BatchNorm normalising in bfloat16) by ~12%, measured.
 @pytest.mark.parametrize('student, teacher, shape, update_rtol', [
     (models.MLP(hidden=(64, 64), num_classes=10), models.create('cnn1d', 10), (40,), 0.05),
-    (models.create('resnet8', 10), models.create('resnet8', 10), (8, 8, 3), 0.2),
+    pytest.param(models.create('resnet8', 10), models.create('resnet8', 10), (8, 8, 3), 0.2,
+                 marks=pytest.mark.long),  # a ResNet's compile: in `make test-long`
 ])
 def test_bf16_compute_matches_float32_within_tolerance(student, teacher, shape, update_rtol):
   batches = _batches(shape)

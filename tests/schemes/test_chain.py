@@ -221,6 +221,7 @@ def test_takd_quick_experiment_reuses_the_chain_links(chain, data_dir, tmp_path,
   assert all(set(takd.COLUMNS) <= set(r) for r in rows)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_chain_on_the_resnet_ladder_on_digits(data_dir, tmp_path):
   """The last link of TAKD's ResNet ladder, resnet14 → resnet8 on 8×8 digits, 2 steps each.
