@@ -193,6 +193,38 @@ def versus_scratch(records: Iterable[Mapping[str, Any]], students: Sequence[str]
   return {c.name: c for c in stats.compare(family)}
 
 
+def rows_versus_scratch(records: Sequence[Mapping[str, Any]], cmp: Mapping[str, stats.Comparison],
+                        primary: tuple[str, str, str], secondary: tuple[str, str, str], *,
+                        delta: str) -> tuple[list[dict], list[dict]]:
+  """Table rows per model: two metrics, the paired Δs against scratch and train images/s.
+
+  Args:
+    records: per-seed records with ``'model'``, both metric keys and
+      ``'images_per_second'`` (``None`` reads as unmeasured).
+    cmp: from :func:`versus_scratch`.
+    primary, secondary: ``(comparison label, record key, column name)``; the
+      primary metric gets the full comparison columns, the secondary its Δ.
+    delta: the primary Δ column's name (see ``stats.columns``).
+
+  Returns:
+    ``(rows, aggregated)``: the table rows and the per-model aggregates (for plots).
+  """
+  records = [dict(r, images_per_second=float('nan') if r.get('images_per_second') is None
+                  else r['images_per_second']) for r in records]
+  (p_label, p_key, p_col), (s_label, s_key, s_col) = primary, secondary
+  agg = aggregate(records, ['model'], [p_key, s_key, 'images_per_second'],
+                  percent=[p_key, s_key])
+  rows = []
+  for r in agg:
+    c = cmp.get(f"{r['model']} vs scratch, {p_label}")
+    c_s = cmp.get(f"{r['model']} vs scratch, {s_label}")
+    rate = r['images_per_second_mean']
+    rows.append({**r, p_col: r[p_key], s_col: r[s_key], **stats.columns(c, delta=delta),
+                 f'Δ {s_col} (paired)': stats.format_delta(c_s) if c_s else '—',
+                 'train images/s': '—' if np.isnan(rate) else f'{rate:.0f}'})
+  return rows, agg
+
+
 def reproduced_versus_scratch(cmp: Mapping[str, stats.Comparison], students: Sequence[str],
                               label: str) -> str:
   """The verdict line: which students beat the scratch student on ``label``."""

@@ -211,22 +211,10 @@ def plot_examples(images: np.ndarray, examples: Mapping[str, Mapping[str, np.nda
 def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   """Writes the table, plot and verdict from the records alone; returns the table rows."""
   config, facts = common.config_of(setup), setup['facts']
-  for r in records:
-    if r.get('images_per_second') is None:
-      r['images_per_second'] = float('nan')
   students = [m for m in methods(config) if m != 'scratch']
   cmp = common.versus_scratch(records, students, {'mAP': 'map', 'mAP@.5': 'map50'})
-  agg = common.aggregate(records, ['model'], ['map', 'map50', 'images_per_second'],
-                         percent=['map', 'map50'])
-  rows = []
-  for r in agg:
-    c = cmp.get(f"{r['model']} vs scratch, mAP")
-    c50 = cmp.get(f"{r['model']} vs scratch, mAP@.5")
-    rate = r['images_per_second_mean']
-    rows.append({**r, 'mAP@[.5:.95]': r['map'], 'mAP@.5': r['map50'],
-                 **stats.columns(c, delta=DELTA),
-                 'Δ mAP@.5 (paired)': stats.format_delta(c50) if c50 else '—',
-                 'train images/s': '—' if np.isnan(rate) else f'{rate:.0f}'})
+  rows, agg = common.rows_versus_scratch(records, cmp, ('mAP', 'map', 'mAP@[.5:.95]'),
+                                         ('mAP@.5', 'map50', 'mAP@.5'), delta=DELTA)
   common.errorbar_plot(agg, x='model', metric='map',
                        path=os.path.join(out_dir, 'detection_map.png'),
                        title='Digit-canvas detection: test COCO mAP@[.5:.95]', xlabel='model',

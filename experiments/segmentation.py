@@ -182,23 +182,12 @@ def plot_examples(images: np.ndarray, targets: np.ndarray,
 def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   """Writes the table, plot and verdict from the records alone; returns the table rows."""
   config, facts = common.config_of(setup), setup['facts']
-  for r in records:
-    if r.get('images_per_second') is None:
-      r['images_per_second'] = float('nan')
   students = [m for m in methods(config) if m != 'scratch']
   cmp = common.versus_scratch(records, students,
                               {'mIoU': 'miou', 'pixel accuracy': 'pixel_accuracy'})
-  agg = common.aggregate(records, ['model'], ['miou', 'pixel_accuracy', 'images_per_second'],
-                         percent=['miou', 'pixel_accuracy'])
-  rows = []
-  for r in agg:
-    c = cmp.get(f"{r['model']} vs scratch, mIoU")
-    c_px = cmp.get(f"{r['model']} vs scratch, pixel accuracy")
-    rate = r['images_per_second_mean']
-    rows.append({**r, 'mIoU': r['miou'], 'pixel accuracy': r['pixel_accuracy'],
-                 **stats.columns(c, delta=DELTA),
-                 'Δ pixel accuracy (paired)': stats.format_delta(c_px) if c_px else '—',
-                 'train images/s': '—' if np.isnan(rate) else f'{rate:.0f}'})
+  rows, agg = common.rows_versus_scratch(
+      records, cmp, ('mIoU', 'miou', 'mIoU'),
+      ('pixel accuracy', 'pixel_accuracy', 'pixel accuracy'), delta=DELTA)
   common.errorbar_plot(agg, x='model', metric='miou',
                        path=os.path.join(out_dir, 'segmentation_miou.png'),
                        title='Digit-canvas segmentation: test mIoU', xlabel='model',
