@@ -373,7 +373,9 @@ def test_batchnorm_statistics_and_unroll_peers_equal_vmap():
   class Net(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
-      h = nn.Conv(3, (3,))(x[..., None])
+      # No conv bias: BatchNorm cancels it, so its gradient is rounding noise that Adam
+      # would scale up to full steps.
+      h = nn.Conv(3, (3,), use_bias=False)(x[..., None])
       h = nn.BatchNorm(use_running_average=not train, momentum=0.5)(h)
       return nn.Dense(C)(nn.relu(h).reshape(x.shape[0], -1))
 
