@@ -1166,7 +1166,7 @@ def attention_distribution(student_feature: str, teacher_feature: str, weight: W
 def hidden_transfer(student_feature: str, teacher_feature: str, weight: Weight = 1.0, *,
                     bias: bool = True, teacher_name: Optional[str] = None,
                     name: Optional[str] = None) -> Term:
-  """Hidden-state transfer: MSE between a linear map of the student's hidden states and the teacher's.
+  """Hidden-state transfer: MSE between linearly mapped student and teacher hidden states.
 
   The loss is :func:`kdjax.losses.hidden_state_mse` of
   ``(H^S W + b, H^T)`` averaged over tokens and the teacher's width

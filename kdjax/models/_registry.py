@@ -90,8 +90,9 @@ def create(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
       ``'resnet8x4'``, ``'wrn_16_2'``, ``'plain_cnn_4'``, the online
       distillation models ``'one_cnn1d'``, ``'one_resnet'``, ``'byot_cnn1d'``
       and ``'byot_resnet'``, or the dense models ``'dense_detector_teacher'``,
-      ``'dense_detector_student'``, ``'unet_teacher'`` and ``'unet_student'``, or the transformers
-      ``'transformer'``, ``'transformer_teacher'`` and ``'transformer_student'``;
+      ``'dense_detector_student'``, ``'unet_teacher'`` and ``'unet_student'``, or the
+      transformers ``'transformer'``, ``'transformer_teacher'`` and
+      ``'transformer_student'``;
       see :func:`list_models`.
     num_classes: number of output logits (for a detector, object classes: its
       class head adds a background logit; for a U-Net, per-pixel classes with

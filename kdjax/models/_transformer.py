@@ -75,7 +75,9 @@ class EncoderBlock(nn.Module):
 
 
 def tokens_of(x: jax.Array, patch: int) -> jax.Array:
-  """``[B, N]`` -> ``[B, N / patch, patch]``; ``[B, L, F]`` as is; ``[B, H, W, C]`` -> ``[B, H, W·C]``.
+  """Tokens of ``x``: ``[B, N] -> [B, N / patch, patch]``, ``[B, H, W, C] -> [B, H, W·C]``.
+
+  A ``[B, L, F]`` input is returned as it is.
 
   Raises:
     ValueError: for another rank, or ``N`` not a multiple of ``patch``.
