@@ -1041,3 +1041,208 @@ def triplet(weight: Weight = 1.0, *, student_feature: str = 'embedding',
                loss=losses.triplet_distillation, weight=weight, teacher_name=teacher_name,
                module=TripletMining(mining=mining, distance=distance, student_head=student_head),
                kwargs={'margin': margin, 'distance': distance})
+
+
+# ------------------------------------------------------------------ transformers
+
+class AttentionMaps(nn.Module):
+  """Checks a student/teacher pair of attention probabilities ``[B, heads, L, L]``.
+
+  No parameters. Returns ``(student, teacher)``, the inputs of
+  :func:`kdjax.losses.attention_kl`.
+
+  Raises:
+    ValueError: at trace time, for maps that are not ``[B, heads, L, L]``, for
+      different head counts (naming ``student_feature``) or different lengths.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> s, t = jnp.full((2, 4, 3, 3), 1 / 3), jnp.full((2, 4, 3, 3), 1 / 3)
+    >>> [x.shape for x in AttentionMaps().apply({}, s, t, None)]
+    [(2, 4, 3, 3), (2, 4, 3, 3)]
+  """
+
+  def __call__(self, student, teacher, context: TermContext) -> tuple:
+    del context
+    for value, arg in ((student, 'student_feature'), (teacher, 'teacher_feature')):
+      shape = jnp.shape(value)
+      if len(shape) != 4 or shape[-1] != shape[-2]:
+        raise ValueError(f'`{arg}` must be attention probabilities [batch, heads, L, L], got '
+                         f'shape {shape}.')
+    s_shape, t_shape = jnp.shape(student), jnp.shape(teacher)
+    if s_shape[1] != t_shape[1]:
+      raise ValueError(
+          f'`student_feature` has {s_shape[1]} attention heads but `teacher_feature` has '
+          f'{t_shape[1]}: per-head attention transfer needs the same number of heads.')
+    if s_shape[2:] != t_shape[2:]:
+      raise ValueError(f'`student_feature` attends over {s_shape[2]} tokens but '
+                       f'`teacher_feature` over {t_shape[2]}: the sequence lengths must match.')
+    return student, teacher
+
+
+class HiddenProjection(nn.Module):
+  """A trainable linear map of student hidden states ``[B, L, D_s]`` to the teacher's width.
+
+  TinyBERT's ``H^S W_h`` (Jiao et al. 2020); MobileBERT (Sun et al. 2020)
+  matches widths with linear maps as well. The projection is a Dense layer
+  ``D_s -> D_t`` (with ``bias``) in ``TrainState.aux_params``. Returns
+  ``(projected student, teacher)``, the inputs of
+  :func:`kdjax.losses.hidden_state_mse`.
+
+  Attributes:
+    bias: give the projection a bias.
+
+  Raises:
+    ValueError: at trace time, for features that are not ``[B, L, D]`` or of
+      different lengths (naming ``student_feature``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> s, t = jnp.ones((2, 5, 8)), jnp.ones((2, 5, 32))
+    >>> variables = HiddenProjection().init(jax.random.key(0), s, t, None)
+    >>> variables['params']['projection']['kernel'].shape
+    (8, 32)
+  """
+  bias: bool = True
+
+  @nn.compact
+  def __call__(self, student, teacher, context: TermContext) -> tuple:
+    del context
+    for value, arg in ((student, 'student_feature'), (teacher, 'teacher_feature')):
+      if jnp.ndim(value) != 3:
+        raise ValueError(f'`{arg}` must be hidden states [batch, tokens, width], got shape '
+                         f'{jnp.shape(value)}.')
+    if jnp.shape(student)[:2] != jnp.shape(teacher)[:2]:
+      raise ValueError(
+          f'`student_feature` {jnp.shape(student)} and `teacher_feature` {jnp.shape(teacher)} '
+          'must agree on [batch, tokens].')
+    projected = nn.Dense(jnp.shape(teacher)[-1], use_bias=self.bias, name='projection')(student)
+    return projected, teacher
+
+
+def attention_distribution(student_feature: str, teacher_feature: str, weight: Weight = 1.0, *,
+                           teacher_name: Optional[str] = None,
+                           name: Optional[str] = None) -> Term:
+  """Attention-distribution transfer: per-head KL between the attention rows of one layer pair.
+
+  The loss is :func:`kdjax.losses.attention_kl`,
+  ``1/(A·T) Σ_a Σ_t KL(a^T_{a,t} ‖ a^S_{a,t})`` over the ``A`` heads and
+  ``T`` queries (MobileBERT Eq. 2; TinyBERT's attention loss uses the
+  pre-softmax scores instead). Student and teacher maps must both be
+  ``[B, heads, L, L]`` with the same heads and length. Add one term per layer
+  pair (teacher layer ``i`` with student layer ``i``, see
+  :func:`transformer_layer_terms`).
+
+  Args:
+    student_feature: the student's attention probabilities, e.g. ``'attention1'``.
+    teacher_feature: the teacher's, e.g. ``'attention1'``.
+    weight: term weight or schedule.
+    teacher_name: which teacher.
+    name: metric name; default ``'attention_kl/<student_feature>'``.
+
+  Returns:
+    A :class:`Term`.
+
+  Raises:
+    ValueError: when the step is traced, for maps that are not
+      ``[B, heads, L, L]``, different head counts or lengths (see
+      :class:`AttentionMaps`).
+
+  References:
+    Sun, Yu, Song, Liu, Yang & Zhou, "MobileBERT: a Compact Task-Agnostic BERT
+    for Resource-Limited Devices", ACL 2020, arXiv:2004.02984.
+    Jiao et al., "TinyBERT: Distilling BERT for Natural Language
+    Understanding", Findings of EMNLP 2020, arXiv:1909.10351.
+
+  Examples:
+    >>> attention_distribution('attention2', 'attention2').name
+    'attention_kl/attention2'
+  """
+  return _term('attention_kl', student_feature, teacher_feature, name,
+               loss=losses.attention_kl, weight=weight, teacher_name=teacher_name,
+               module=AttentionMaps())
+
+
+def hidden_transfer(student_feature: str, teacher_feature: str, weight: Weight = 1.0, *,
+                    bias: bool = True, teacher_name: Optional[str] = None,
+                    name: Optional[str] = None) -> Term:
+  """Hidden-state transfer: MSE between linearly mapped student and teacher hidden states.
+
+  The loss is :func:`kdjax.losses.hidden_state_mse` of
+  ``(H^S W + b, H^T)`` averaged over tokens and the teacher's width
+  (MobileBERT's feature-map transfer, Eq. 1; TinyBERT's ``MSE(H^S W_h, H^T)``).
+  ``W`` (``D_s × D_t``) is trained with the student and lives in
+  ``TrainState.aux_params[name]`` (see :class:`HiddenProjection`).
+
+  Args:
+    student_feature: the student's hidden states ``[B, L, D_s]``, e.g. ``'hidden1'``.
+    teacher_feature: the teacher's ``[B, L, D_t]``, e.g. ``'hidden1'``.
+    weight: term weight or schedule.
+    bias: give the projection a bias.
+    teacher_name: which teacher.
+    name: metric name; default ``'hidden_mse/<student_feature>'``.
+
+  Returns:
+    A :class:`Term`.
+
+  Raises:
+    ValueError: when the step is traced, for features that are not
+      ``[B, L, D]`` or of different lengths.
+
+  References:
+    Sun, Yu, Song, Liu, Yang & Zhou, "MobileBERT: a Compact Task-Agnostic BERT
+    for Resource-Limited Devices", ACL 2020, arXiv:2004.02984.
+    Jiao et al., "TinyBERT: Distilling BERT for Natural Language
+    Understanding", Findings of EMNLP 2020, arXiv:1909.10351.
+
+  Examples:
+    >>> hidden_transfer('hidden1', 'hidden1').name
+    'hidden_mse/hidden1'
+  """
+  return _term('hidden_mse', student_feature, teacher_feature, name,
+               loss=losses.hidden_state_mse, weight=weight, teacher_name=teacher_name,
+               module=HiddenProjection(bias=bias))
+
+
+def transformer_layer_terms(layers: Sequence[int], *, attention_weight: Weight = 1.0,
+                            hidden_weight: Weight = 1.0, attention: str = 'attention{}',
+                            hidden: str = 'hidden{}',
+                            teacher_name: Optional[str] = None) -> tuple[Term, ...]:
+  """The attention and hidden transfer terms of each layer ``l`` (teacher ``l`` ↔ student ``l``).
+
+  With all layers this is the "all layers at once" objective; progressive
+  transfer (:func:`kdjax.schemes.progressive_transfer`) uses one layer per stage.
+
+  Args:
+    layers: layer indices, e.g. ``range(1, 5)``.
+    attention_weight: weight of each :func:`attention_distribution` term
+      (``0``: leave them out).
+    hidden_weight: weight of each :func:`hidden_transfer` term (``0``: leave them out).
+    attention: feature-name pattern of the attention maps (both models).
+    hidden: feature-name pattern of the hidden states (both models).
+    teacher_name: which teacher.
+
+  Returns:
+    A tuple of terms, per layer attention then hidden.
+
+  Raises:
+    ValueError: for no layer, or a layer that is not an int >= 0.
+
+  Examples:
+    >>> [t.name for t in transformer_layer_terms([1, 2], hidden_weight=0)]
+    ['attention_kl/attention1', 'attention_kl/attention2']
+  """
+  layers = tuple(layers)
+  if not layers:
+    raise ValueError('`layers` names no layer.')
+  for layer in layers:
+    _check_int(layer, 'layers', 0)
+  terms = []
+  for layer in layers:
+    if not (isinstance(attention_weight, (int, float)) and attention_weight == 0):
+      terms.append(attention_distribution(attention.format(layer), attention.format(layer),
+                                          attention_weight, teacher_name=teacher_name))
+    if not (isinstance(hidden_weight, (int, float)) and hidden_weight == 0):
+      terms.append(hidden_transfer(hidden.format(layer), hidden.format(layer), hidden_weight,
+                                   teacher_name=teacher_name))
+  return tuple(terms)

@@ -9,7 +9,9 @@ adapter, or a term module (heads, regressors, memory banks; see
 :func:`attention_transfer`, :func:`similarity_preserving`,
 :func:`rkd_distance`, :func:`rkd_angle`, :func:`pkt`, :func:`crd`,
 :func:`vid`, :func:`nst`, :func:`factor_transfer`, :func:`fsp`,
-:func:`correlation_congruence` and :func:`triplet`; :func:`init_terms`
+:func:`correlation_congruence` and :func:`triplet`, and the transformer
+terms :func:`attention_distribution` and :func:`hidden_transfer`
+(:func:`transformer_layer_terms` builds them per layer); :func:`init_terms`
 creates their parameters and state. :func:`make_distill_step` turns an
 objective and the teachers' forward functions into a pure function::
 
@@ -35,7 +37,9 @@ import jax.numpy as jnp
 from kdjax import _evaluation
 from kdjax import _update
 from kdjax import losses
+from kdjax._terms import attention_distribution  # noqa: F401 (re-exported)
 from kdjax._terms import attention_transfer  # noqa: F401 (re-exported)
+from kdjax._terms import AttentionMaps  # noqa: F401 (re-exported)
 from kdjax._terms import ContrastiveMemory  # noqa: F401 (re-exported)
 from kdjax._terms import correlation_congruence  # noqa: F401 (re-exported)
 from kdjax._terms import crd  # noqa: F401 (re-exported)
@@ -43,6 +47,8 @@ from kdjax._terms import Embed  # noqa: F401 (re-exported)
 from kdjax._terms import factor_transfer  # noqa: F401 (re-exported)
 from kdjax._terms import FactorTransfer  # noqa: F401 (re-exported)
 from kdjax._terms import fsp  # noqa: F401 (re-exported)
+from kdjax._terms import hidden_transfer  # noqa: F401 (re-exported)
+from kdjax._terms import HiddenProjection  # noqa: F401 (re-exported)
 from kdjax._terms import nst  # noqa: F401 (re-exported)
 from kdjax._terms import pkt  # noqa: F401 (re-exported)
 from kdjax._terms import rkd_angle  # noqa: F401 (re-exported)
@@ -54,6 +60,7 @@ from kdjax._terms import Term
 from kdjax._terms import TERM_LOSSES
 from kdjax._terms import TERM_STATE
 from kdjax._terms import TermContext
+from kdjax._terms import transformer_layer_terms  # noqa: F401 (re-exported)
 from kdjax._terms import triplet  # noqa: F401 (re-exported)
 from kdjax._terms import TripletMining  # noqa: F401 (re-exported)
 from kdjax._terms import VariationalRegressor  # noqa: F401 (re-exported)

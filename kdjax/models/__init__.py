@@ -84,6 +84,12 @@ from kdjax.models._resnet import resnet32x4
 from kdjax.models._resnet import resnet44
 from kdjax.models._resnet import resnet56
 from kdjax.models._resnet import resnet110
+from kdjax.models._transformer import EncoderBlock
+from kdjax.models._transformer import SelfAttention
+from kdjax.models._transformer import tokens_of
+from kdjax.models._transformer import Transformer
+from kdjax.models._transformer import transformer_student
+from kdjax.models._transformer import transformer_teacher
 from kdjax.models._utils import count_params
 from kdjax.models._utils import flops
 from kdjax.models._utils import get_features

@@ -14,6 +14,7 @@ from kdjax.models import _mlp
 from kdjax.models import _one
 from kdjax.models import _plain_cnn
 from kdjax.models import _resnet
+from kdjax.models import _transformer
 from kdjax.models import _wrn
 
 
@@ -56,6 +57,15 @@ _REGISTRY.update({
 })
 
 
+# Transformer encoders (MobileBERT-style teacher and thin student of the same depth).
+_REGISTRY.update({
+    'transformer': lambda num_classes=10, **kw: _transformer.Transformer(
+        num_classes=num_classes, **kw),
+    'transformer_teacher': _transformer.transformer_teacher,
+    'transformer_student': _transformer.transformer_student,
+})
+
+
 def register(name: str, factory: Factory, *, overwrite: bool = False) -> None:
   """Adds ``factory(num_classes=..., **kwargs) -> nn.Module`` under ``name``.
 
@@ -80,7 +90,9 @@ def create(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
       ``'resnet8x4'``, ``'wrn_16_2'``, ``'plain_cnn_4'``, the online
       distillation models ``'one_cnn1d'``, ``'one_resnet'``, ``'byot_cnn1d'``
       and ``'byot_resnet'``, or the dense models ``'dense_detector_teacher'``,
-      ``'dense_detector_student'``, ``'unet_teacher'`` and ``'unet_student'``;
+      ``'dense_detector_student'``, ``'unet_teacher'`` and ``'unet_student'``, or the
+      transformers ``'transformer'``, ``'transformer_teacher'`` and
+      ``'transformer_student'``;
       see :func:`list_models`.
     num_classes: number of output logits (for a detector, object classes: its
       class head adds a background logit; for a U-Net, per-pixel classes with

@@ -18,6 +18,9 @@ from kdjax.schemes._ensemble import evaluate_ensemble
 from kdjax.schemes._ensemble import load_members
 from kdjax.schemes._netaug import augment_multipliers
 from kdjax.schemes._netaug import make_netaug_step
+from kdjax.schemes._progressive import freeze_except
+from kdjax.schemes._progressive import progressive_transfer
+from kdjax.schemes._progressive import ProgressiveResult
 from kdjax.schemes._schedules import complement
 from kdjax.schemes._schedules import constant
 from kdjax.schemes._schedules import cosine_decay
