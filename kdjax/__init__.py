@@ -5,8 +5,10 @@ functions), :mod:`kdjax.state` (the student's train state) and
 :mod:`kdjax.steps` (jit-able train/eval steps built from loss terms).
 Around it: :mod:`kdjax.models` (Flax zoo and the model protocol),
 :mod:`kdjax.checkpoint` (orbax), :mod:`kdjax.train` (the fit loop),
-:mod:`kdjax.cohort` (K peers in one vmapped step), :mod:`kdjax.online` (ONE,
-BYOT) and :mod:`kdjax.parallel` (pmap, meshes, multi-host). Import
+:mod:`kdjax.cohort` (K peers in one vmapped step), :mod:`kdjax.gan` (GAN
+feature KD: conditional WGAN-GP, student generators, Fréchet distance),
+:mod:`kdjax.online` (ONE, BYOT) and :mod:`kdjax.parallel` (pmap, meshes,
+multi-host). Import
 :mod:`kdjax.data` (TFDS + grain), :mod:`kdjax.runs` (one run, one call),
 :mod:`kdjax.cache` (teacher-output caches) and :mod:`kdjax.schemes` (TAKD,
 BAN, ESKD, NetAug, weight distillation) explicitly: they load TFDS.
@@ -14,6 +16,7 @@ BAN, ESKD, NetAug, weight distillation) explicitly: they load TFDS.
 
 from kdjax import checkpoint
 from kdjax import cohort
+from kdjax import gan
 from kdjax import losses
 from kdjax import models
 from kdjax import online

@@ -25,7 +25,7 @@ own guard).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +110,43 @@ def pmean_model_state(model_state: Any, axis_name: Optional[str]) -> Any:
   return jax.tree.map(
       lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.inexact) else v,
       model_state)
+
+
+# ------------------------------------------------------------------ term weights
+
+Weight = Union[float, Callable[[jax.Array], jax.Array]]
+
+
+def term_weight(weight: Weight, step: jax.Array) -> jax.Array:
+  """A term's weight at ``step``: a constant, or a schedule ``step -> weight``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(term_weight(0.5, jnp.int32(3))), float(term_weight(lambda s: s / 2, jnp.int32(3)))
+    (0.5, 1.5)
+  """
+  return weight(step) if callable(weight) else jnp.asarray(weight, jnp.float32)
+
+
+def term_enabled(weight: Weight, name: str) -> bool:
+  """Whether a term takes part; a constant 0 leaves it out of the computation.
+
+  Raises:
+    ValueError: for a negative (or NaN) constant, naming the argument ``name``.
+
+  Examples:
+    >>> term_enabled(0.0, 'hint_weight'), term_enabled(lambda s: s, 'hint_weight')
+    (False, True)
+    >>> term_enabled(-1.0, 'hint_weight')
+    Traceback (most recent call last):
+    ...
+    ValueError: `hint_weight` must be >= 0 (or a schedule), got -1.0.
+  """
+  if callable(weight):
+    return True
+  if not float(weight) >= 0.0:
+    raise ValueError(f'`{name}` must be >= 0 (or a schedule), got {weight}.')
+  return float(weight) != 0.0
 
 
 # ------------------------------------------------------------------ labels

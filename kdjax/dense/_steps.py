@@ -40,15 +40,16 @@ through :func:`kdjax._update.update`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
-from flax import struct
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax import _adversarial
 from kdjax import _update
 from kdjax import losses
+from kdjax._adversarial import AdversarialState
 from kdjax._update import batch_mean
 from kdjax.dense import _assign
 from kdjax.dense import _boxes
@@ -59,21 +60,12 @@ from kdjax.models._wrap import ModelOutput
 from kdjax.state import TrainState
 
 
-Weight = Union[float, Callable[[jax.Array], jax.Array]]
+Weight = _update.Weight
 HINT = 'hint'  # the adapter's key in ``TrainState.aux_params``
 
 
-def _weight(weight: Weight, step: jax.Array) -> jax.Array:
-  return weight(step) if callable(weight) else jnp.asarray(weight, jnp.float32)
-
-
-def _enabled(weight: Weight, name: str) -> bool:
-  """Whether a term takes part; a constant 0 leaves it out of the computation."""
-  if callable(weight):
-    return True
-  if not float(weight) >= 0.0:
-    raise ValueError(f'`{name}` must be >= 0 (or a schedule), got {weight}.')
-  return float(weight) != 0.0
+_weight = _update.term_weight
+_enabled = _update.term_enabled
 
 
 def _feature(out: ModelOutput, key: str, who: str) -> jax.Array:
@@ -480,50 +472,6 @@ def _concat(probs, images):
   return jnp.concatenate([probs, jnp.asarray(images, probs.dtype)], axis=-1)
 
 
-class AdversarialState(struct.PyTreeNode):
-  """The two players of holistic distillation, as one pytree.
-
-  Both are :class:`~kdjax.state.TrainState` s with their own optimizers: the
-  student (the segmenter; ``aux_params`` may hold adapters) and the critic
-  (:class:`HolisticCritic`, ``apply_fn`` its forward function). Checkpoint
-  and restore it like a single state (:class:`kdjax.checkpoint.Checkpointer`,
-  :func:`kdjax.train.fit`). ``step``, ``apply_fn`` and ``variables`` are the
-  student's, so loops and evaluation read it like a student state.
-
-  Attributes:
-    student: the student's train state.
-    critic: the critic's train state.
-
-  Examples:
-    >>> import jax.numpy as jnp, optax
-    >>> from kdjax.models import function_forward
-    >>> make = lambda: TrainState.create(apply_fn=function_forward(lambda p, x: x),
-    ...                                  variables={'params': {'w': jnp.zeros(2)}},
-    ...                                  tx=optax.sgd(0.1))
-    >>> state = AdversarialState(student=make(), critic=make())
-    >>> int(state.step), len(jax.tree.leaves(state))
-    (0, 4)
-  """
-
-  student: TrainState
-  critic: TrainState
-
-  @property
-  def step(self) -> jax.Array:
-    """The student's update count (one per two-player step)."""
-    return self.student.step
-
-  @property
-  def apply_fn(self) -> ForwardFn:
-    """The student's forward function."""
-    return self.student.apply_fn
-
-  @property
-  def variables(self) -> dict:
-    """The student's variables."""
-    return self.student.variables
-
-
 def segmentation_labels(batch: Mapping[str, Any], num_classes: int, *,
                         axis_name: Optional[str] = None) -> tuple[dict, dict]:
   """``{'label': batch['segmentation'], 'mask'}`` with rows of out-of-range pixels masked out.
@@ -652,42 +600,23 @@ def make_segmentation_distill_step(
   weights = {'pixel': pixel_weight, 'pair': pair_weight, 'holistic': holistic_weight}
   enabled = {k: _enabled(w, f'{k}_weight') for k, w in weights.items()}
   _enabled(ce_weight, 'ce_weight')
-  if int(critic_steps) < 1:
-    raise ValueError(f'`critic_steps` must be >= 1, got {critic_steps}.')
-  if not gp_weight >= 0:
-    raise ValueError(f'`gp_weight` must be >= 0, got {gp_weight}.')
+  _adversarial.check_critic_options(gp_weight, critic_steps)
   if teacher is None and any(enabled.values()):
     raise ValueError(f'Distillation weights {[k for k, v in enabled.items() if v]} need a '
                      '`teacher`.')
   teacher_fn = as_forward(teacher) if teacher is not None and any(enabled.values()) else None
 
   def critic_scores(critic: TrainState, params, probs, images):
-    out = critic.apply_fn({'params': params, **critic.model_state}, _concat(probs, images),
-                          train=False)
-    return out.logits.reshape(probs.shape[0])
-
-  def critic_update(critic: TrainState, real, fake, images, mask, rng):
-    def loss_fn(trainable, key):
-      score = lambda maps: critic_scores(critic, trainable['params'], maps, images)  # noqa: E731
-      distance = losses.holistic_discriminator_loss(score(real), score(fake))
-      gp = losses.gradient_penalty(score, real, fake, key=key)
-      parts = {'wasserstein': batch_mean(distance, mask, axis_name),
-               'gp': batch_mean(gp, mask, axis_name)}
-      return parts['wasserstein'] + gp_weight * parts['gp'], ({}, parts, None)
-
-    new, _, metrics = _update.update(critic, loss_fn, rng, axis_name=axis_name,
-                                     skip_nonfinite=skip_nonfinite)
-    return new, {f'critic/{k}': v for k, v in metrics.items()}
+    return _adversarial.critic_scores(critic, params, _concat(probs, images))
 
   def step(state, teacher_variables, batch, rng):
     adversarial = isinstance(state, AdversarialState)
-    if enabled['holistic'] and not adversarial:
-      raise ValueError('The holistic term needs an AdversarialState(student, critic) as the '
-                       f'state, got {type(state).__name__}.')
+    if enabled['holistic']:
+      _adversarial.check_state(state, 'The holistic term')
     student = state.student if adversarial else state
     x = batch['x']
     t_out = _teacher_output(teacher_fn, teacher_variables, x)
-    critic_rng, student_rng = jax.random.split(rng)
+    critic_rng, student_rng = _adversarial.player_keys(rng)
     critic, critic_metrics = (state.critic if adversarial else None), {}
 
     def forward(params, key):
@@ -700,8 +629,10 @@ def make_segmentation_distill_step(
       real = jax.nn.softmax(t_out.logits.astype(jnp.float32), -1)
       fake = fake.astype(jnp.float32)
       clean, _ = segmentation_labels(batch, fake.shape[-1], axis_name=axis_name)
-      for _ in range(int(critic_steps)):
-        critic, critic_metrics = critic_update(critic, real, fake, x, clean['mask'], critic_rng)
+      score = lambda params, maps: critic_scores(critic, params, maps, x)  # noqa: E731
+      critic, critic_metrics = _adversarial.critic_update(
+          critic, score, real, fake, critic_rng, mask=clean['mask'], gp_weight=gp_weight,
+          critic_steps=critic_steps, axis_name=axis_name, skip_nonfinite=skip_nonfinite)
 
     def loss_fn(trainable, key):
       out = forward(trainable['params'], key)
@@ -732,9 +663,7 @@ def make_segmentation_distill_step(
     metrics.update(label_metrics)
     metrics.update(_update.accuracy_metrics(logits, clean, axis_name=axis_name,
                                             cross_entropy=losses.cross_entropy))
-    if critic_metrics:
-      metrics.update(critic_metrics)
-      metrics['skipped'] = jnp.maximum(metrics['skipped'], critic_metrics['critic/skipped'])
+    metrics = _adversarial.join_metrics(metrics, critic_metrics)
     if adversarial:
       return AdversarialState(student=new_student, critic=critic), metrics
     return new_student, metrics

@@ -24,7 +24,10 @@ are sown into the ``'intermediates'`` collection during ``apply`` (not during
 Dense models (:class:`DenseDetector`, :class:`UNet`) return per-location
 outputs instead: a detector ``[B, H', W', num_classes + 1]`` class logits plus
 ``{'box_logits': [B, H', W', 4, n_bins]}``, a U-Net ``[B, H, W, num_classes]``
-per-pixel logits; see their docstrings and :mod:`kdjax.dense`.
+per-pixel logits; see their docstrings and :mod:`kdjax.dense`. The GAN models
+(:class:`GanGenerator`, :class:`GanCritic`) take dicts: ``{'noise', 'label'}``
+to ``[B, 8, 8, 1]`` images, and ``{'image', 'label'}`` to ``[B]`` scores; see
+:mod:`kdjax.gan`.
 
 A CIFAR ResNet works the same way; its ``'stage2'`` is ``[B, 16, 16, 32]``
 for ``resnet20`` on ``[B, 32, 32, 3]`` inputs. Feature shapes can be read
@@ -52,6 +55,11 @@ from kdjax.models._dense import DenseDetector
 from kdjax.models._dense import UNet
 from kdjax.models._dense import unet_student
 from kdjax.models._dense import unet_teacher
+from kdjax.models._gan import gan_critic
+from kdjax.models._gan import gan_generator_student
+from kdjax.models._gan import gan_generator_teacher
+from kdjax.models._gan import GanCritic
+from kdjax.models._gan import GanGenerator
 from kdjax.models._mlp import MLP
 from kdjax.models._netaug import base_fan_in_init
 from kdjax.models._netaug import export_base

@@ -10,6 +10,7 @@ import flax.linen as nn
 from kdjax.models import _byot
 from kdjax.models import _cnn1d
 from kdjax.models import _dense
+from kdjax.models import _gan
 from kdjax.models import _mlp
 from kdjax.models import _one
 from kdjax.models import _plain_cnn
@@ -64,6 +65,12 @@ _REGISTRY.update({
     'transformer_teacher': _transformer.transformer_teacher,
     'transformer_student': _transformer.transformer_student,
 })
+# GAN feature KD on 8x8 digits: teacher and student (width ÷ 4) generators, the critic.
+_REGISTRY.update({
+    'gan_generator_teacher': _gan.gan_generator_teacher,
+    'gan_generator_student': _gan.gan_generator_student,
+    'gan_critic': _gan.gan_critic,
+})
 
 
 def register(name: str, factory: Factory, *, overwrite: bool = False) -> None:
@@ -90,9 +97,10 @@ def create(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
       ``'resnet8x4'``, ``'wrn_16_2'``, ``'plain_cnn_4'``, the online
       distillation models ``'one_cnn1d'``, ``'one_resnet'``, ``'byot_cnn1d'``
       and ``'byot_resnet'``, or the dense models ``'dense_detector_teacher'``,
-      ``'dense_detector_student'``, ``'unet_teacher'`` and ``'unet_student'``, or the
+      ``'dense_detector_student'``, ``'unet_teacher'`` and ``'unet_student'``, the
       transformers ``'transformer'``, ``'transformer_teacher'`` and
-      ``'transformer_student'``;
+      ``'transformer_student'``, or the GAN models ``'gan_generator_teacher'``,
+      ``'gan_generator_student'`` and ``'gan_critic'``;
       see :func:`list_models`.
     num_classes: number of output logits (for a detector, object classes: its
       class head adds a background logit; for a U-Net, per-pixel classes with
