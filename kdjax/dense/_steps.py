@@ -64,10 +64,6 @@ Weight = _update.Weight
 HINT = 'hint'  # the adapter's key in ``TrainState.aux_params``
 
 
-_weight = _update.term_weight
-_enabled = _update.term_enabled
-
-
 def _feature(out: ModelOutput, key: str, who: str) -> jax.Array:
   if key not in out.features:
     raise ValueError(f'{who} has no feature {key!r}; available: {sorted(out.features)}.')
@@ -347,8 +343,8 @@ def make_detection_distill_step(
   """
   weights = {'hint': hint_weight, 'soft': soft_weight, 'bounded': bounded_weight,
              'ld': ld_weight}
-  enabled = {k: _enabled(w, f'{k}_weight') for k, w in weights.items()}
-  _enabled(box_weight, 'box_weight')
+  enabled = {k: _update.term_enabled(w, f'{k}_weight') for k, w in weights.items()}
+  _update.term_enabled(box_weight, 'box_weight')
   if ld_region not in ('positive', 'teacher'):
     raise ValueError(f"`ld_region` must be 'positive' or 'teacher', got {ld_region!r}.")
   if class_loss not in ('focal', 'ce'):
@@ -381,7 +377,7 @@ def make_detection_distill_step(
       mean = lambda v: batch_mean(v, mask, axis_name)  # noqa: E731
       cls, box = detection_task_loss(logits, edges, targets, class_loss=class_loss, gamma=gamma)
       parts = {'cls': mean(cls), 'box': mean(box)}
-      total = parts['cls'] + _weight(box_weight, state.step) * parts['box']
+      total = parts['cls'] + _update.term_weight(box_weight, state.step) * parts['box']
       positive = targets.positive
       if enabled['hint']:
         s = hint_adapter(_feature(t_out, hint_feature, 'The teacher').shape[-1]).apply(
@@ -405,7 +401,7 @@ def make_detection_distill_step(
         parts['ld'] = mean(_checks.masked_mean(ld, region, axis=(1, 2)))
       for name in ('hint', 'soft', 'bounded', 'ld'):
         if enabled[name]:
-          total = total + _weight(weights[name], state.step) * parts[name]
+          total = total + _update.term_weight(weights[name], state.step) * parts[name]
       positives = mean(jnp.sum(positive, axis=(1, 2)).astype(jnp.float32))
       return total, (out.model_state, parts, (label_metrics, positives))
 
@@ -598,8 +594,8 @@ def make_segmentation_distill_step(
     (1, 1, True)
   """
   weights = {'pixel': pixel_weight, 'pair': pair_weight, 'holistic': holistic_weight}
-  enabled = {k: _enabled(w, f'{k}_weight') for k, w in weights.items()}
-  _enabled(ce_weight, 'ce_weight')
+  enabled = {k: _update.term_enabled(w, f'{k}_weight') for k, w in weights.items()}
+  _update.term_enabled(ce_weight, 'ce_weight')
   _adversarial.check_critic_options(gp_weight, critic_steps)
   if teacher is None and any(enabled.values()):
     raise ValueError(f'Distillation weights {[k for k, v in enabled.items() if v]} need a '
@@ -640,7 +636,7 @@ def make_segmentation_distill_step(
       clean, label_metrics = segmentation_labels(batch, logits.shape[-1], axis_name=axis_name)
       mean = lambda v: batch_mean(v, clean['mask'], axis_name)  # noqa: E731
       parts = {'ce': mean(losses.cross_entropy(logits, clean['label']))}
-      total = _weight(ce_weight, student.step) * parts['ce']
+      total = _update.term_weight(ce_weight, student.step) * parts['ce']
       if enabled['pixel']:
         parts['pixel'] = mean(losses.pixelwise_kd(logits, t_out.logits, temperature=temperature))
       if enabled['pair']:
@@ -653,7 +649,7 @@ def make_segmentation_distill_step(
         parts['holistic'] = mean(losses.holistic_generator_loss(scores))
       for name in ('pixel', 'pair', 'holistic'):
         if enabled[name]:
-          total = total + _weight(weights[name], student.step) * parts[name]
+          total = total + _update.term_weight(weights[name], student.step) * parts[name]
       return total, (out.model_state, parts, (logits, clean, label_metrics))
 
     new_student, info, metrics = _update.update(student, loss_fn, student_rng,
