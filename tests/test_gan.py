@@ -90,10 +90,7 @@ def test_critic_update_gradient_penalty_matches_an_independent_reference():
   score = lambda p, v: _adversarial.critic_scores(state, p, {'image': v, 'label': y})  # noqa
   # real == fake: every interpolate is x whatever the draws, and the Wasserstein
   # term D(fake) − D(real) is 0 with a zero gradient, so the update is −lr·λ·∇GP.
-  new, metrics = jax.jit(lambda s: _adversarial.critic_update(
-      s, score, x, x, jax.random.key(3), gp_weight=lam))(state)
 
-  @jax.jit
   def one_score(params, image, label):  # a single example through the raw module
     return critic.apply({'params': params}, {'image': image[None], 'label': label[None]})[0]
 
@@ -102,18 +99,27 @@ def test_critic_update_gradient_penalty_matches_an_independent_reference():
     norms = jnp.sqrt(jnp.sum(grads ** 2, axis=(1, 2, 3)))
     return jnp.mean((norms - 1.0) ** 2)
 
-  gp, gp_grad = jax.jit(jax.value_and_grad(reference_gp))(state.params)
+  h = 1e-2
+  shifts = jnp.eye(64).reshape(64, 8, 8, 1) * h
+
+  @jax.jit
+  def compute(state):  # one compilation for the update and every reference
+    new, metrics = _adversarial.critic_update(state, score, x, x, jax.random.key(3),
+                                              gp_weight=lam)
+    gp, gp_grad = jax.value_and_grad(reference_gp)(state.params)
+    batched = jax.vmap(one_score, (None, 0, None))
+    plus = batched(state.params, x[0] + shifts, y[0])
+    minus = batched(state.params, x[0] - shifts, y[0])
+    grad0 = jax.grad(one_score, argnums=1)(state.params, x[0], y[0])
+    return new, metrics, gp, gp_grad, plus, minus, grad0
+
+  new, metrics, gp, gp_grad, plus, minus, grad0 = compute(state)
   assert float(metrics['critic/loss/gp']) == pytest.approx(float(gp), rel=1e-5)
   assert float(metrics['critic/loss/wasserstein']) == pytest.approx(0.0, abs=1e-6)
   assert float(metrics['critic/loss']) == pytest.approx(lam * float(gp), rel=1e-5)
-  # The input gradient of example 0 against central finite differences (one batched call).
-  p0, img, lab, h = state.params, np.asarray(x[0]), y[0], 1e-2
-  shifts = np.eye(img.size, dtype=np.float32).reshape(img.size, *img.shape) * h
-  batched = jax.jit(jax.vmap(one_score, (None, 0, None)))
-  fd = (np.asarray(batched(p0, img + shifts, lab), np.float64)
-        - np.asarray(batched(p0, img - shifts, lab), np.float64)) / (2 * h)
-  grad0 = np.asarray(jax.jit(jax.grad(one_score, argnums=1))(p0, x[0], lab))
-  np.testing.assert_allclose(grad0.ravel(), fd, rtol=0.02, atol=2e-3)
+  # The input gradient of example 0 against central finite differences.
+  fd = (np.asarray(plus, np.float64) - np.asarray(minus, np.float64)) / (2 * h)
+  np.testing.assert_allclose(np.asarray(grad0).ravel(), fd, rtol=0.02, atol=2e-3)
   # The update applied: params − lr·λ·∇_params GP.
   want = jax.tree.map(lambda p, g: p - lr * lam * g, state.params, gp_grad)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -154,8 +160,7 @@ def tiny():
 
   kw = dict(output_weight=1.0, feature_weight=1.0, adversarial_weight=1.0, noise_dim=Z)
   return dict(teacher=teacher, student=student, batch=batch, t_vars=jax.device_put(t_vars, CPU),
-              make=make, kw=kw,
-              raw=gan.make_gan_distill_step(teacher, **kw),
+              make=make, raw=gan.make_gan_distill_step(teacher, **kw),
               frozen=jax.jit(gan.make_gan_distill_step(teacher, train_critic=False, **kw)))
 
 
@@ -252,30 +257,35 @@ class Batches:
     self.position = int(state['position'])
 
 
+@pytest.mark.long  # ~16 CPU s: a compile of the two-player step and three checkpointed fits
 def test_two_player_fit_checkpoint_resumes_bitwise(tiny, tmp_path):
+  """GAN training (both players update) through fit: stopped at 2, resumed to 4 = straight 4."""
   data = [{k: v[i:i + 3] for k, v in tiny['batch'].items()} for i in (0, 3)]
+  step = gan.make_gan_step(noise_dim=Z)
 
   def run(num_steps, directory=None):
     ckpt = None if directory is None else checkpoint.Checkpointer(directory)
-    result = train.fit(jax.device_put(tiny['make'](), CPU), tiny['raw'], Batches(data),
-                       num_steps=num_steps, rng=jax.random.key(7),
-                       teacher_variables=tiny['t_vars'], checkpointer=ckpt, checkpoint_every=3,
-                       log_every=3, progress=False, compiled=False)
+    result = train.fit(jax.device_put(tiny['make'](), CPU), step, Batches(data),
+                       num_steps=num_steps, rng=jax.random.key(7), checkpointer=ckpt,
+                       checkpoint_every=2, log_every=2, progress=False, compiled=False)
     if ckpt is not None:
       ckpt.close()
     return result
 
-  straight = run(6)
-  assert int(straight.state.student.step) == int(straight.state.critic.step) == 6
+  straight = run(4)
+  start = tiny['make']()
+  assert int(straight.state.student.step) == int(straight.state.critic.step) == 4
   assert all(h['skipped'] == 0 for h in straight.history)
-  first = run(3, directory=tmp_path / 'run')
+  assert not tree_equal(straight.state.critic.params, start.critic.params)
+  assert not tree_equal(straight.state.student.params, start.student.params)
+  first = run(2, directory=tmp_path / 'run')
   assert first.resumed_from is None
-  resumed = run(6, directory=tmp_path / 'run')
-  assert resumed.resumed_from == 3
+  resumed = run(4, directory=tmp_path / 'run')
+  assert resumed.resumed_from == 2
   assert tree_equal(resumed.state, straight.state)
-  # The checkpoint holds both players with their optimizer states and the adapters.
-  restored, _ = checkpoint.Checkpointer(tmp_path / 'run').restore(tiny['make']())
-  assert isinstance(restored, AdversarialState) and int(restored.critic.step) == 6
+  # The checkpoint holds both players with their optimizer states (and the adapters).
+  restored, _ = checkpoint.Checkpointer(tmp_path / 'run').restore(start)
+  assert isinstance(restored, AdversarialState) and int(restored.critic.step) == 4
   assert tree_equal(restored, resumed.state)
 
 
