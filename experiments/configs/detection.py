@@ -18,10 +18,13 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c.data_dir = ''
   c.num_train = 2000               # digit canvases (the builder's default config)
   c.num_test = 500
+  c.image_size = 32                # canvas side in pixels (the builder's default is 48)
   c.progress = False
-  c.batch_size = 32
-  c.num_steps = 3000
+  c.compilation_cache = 'runs/jax_cache'  # persistent XLA cache ('' = off)
+  c.batch_size = 16
+  c.num_steps = 1500
   c.learning_rate = 2e-3
+  c.compiled = False               # kdjax.train.fit: lax.scan chunks (True) or a call per step
   c.teacher = {}                   # kwargs of dense_detector_teacher
   c.student = {}                   # kwargs of dense_detector_student
   # Distillation weights (0 disables a term) and the bounded regression's margin.
@@ -36,6 +39,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
     c.results = 'detection_quick'
     c.workdir = 'runs/detection_quick'
     c.seeds = (0,)
+    c.compilation_cache = ''
     c.num_train = 32
     c.num_test = 16
     c.batch_size = 8

@@ -18,10 +18,13 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c.data_dir = ''
   c.num_train = 2000
   c.num_test = 500
+  c.image_size = 32                # canvas side in pixels (the builder's default is 48)
   c.progress = False
-  c.batch_size = 32
-  c.num_steps = 2000
+  c.compilation_cache = 'runs/jax_cache'  # persistent XLA cache ('' = off)
+  c.batch_size = 16
+  c.num_steps = 700
   c.learning_rate = 2e-3
+  c.compiled = False               # kdjax.train.fit: lax.scan chunks (True) or a call per step
   c.teacher = {}                    # kwargs of unet_teacher
   c.student = {}                    # kwargs of unet_student
   # Distillation weights (0 disables a term); Liu et al. 2019 use 10, 1 and 0.1
@@ -38,6 +41,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
     c.results = 'segmentation_quick'
     c.workdir = 'runs/segmentation_quick'
     c.seeds = (0,)
+    c.compilation_cache = ''
     c.num_train = 32
     c.num_test = 16
     c.batch_size = 8
