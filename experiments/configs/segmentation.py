@@ -22,7 +22,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c.progress = False
   c.compilation_cache = 'runs/jax_cache'  # persistent XLA cache ('' = off)
   c.batch_size = 16
-  c.num_steps = 700
+  c.num_steps = 900
   c.learning_rate = 2e-3
   c.compiled = False               # kdjax.train.fit: lax.scan chunks (True) or a call per step
   c.teacher = {}                    # kwargs of unet_teacher
