@@ -19,6 +19,7 @@ Usable from a notebook::
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Mapping
 
@@ -60,9 +61,14 @@ def methods(config) -> dict[str, dict[str, float]]:
 
 def load_data(config):
   """``(train, test)`` digit-canvas detection sources."""
-  dense_config = kdata.dense_digits_config(config.num_train, config.num_test)
-  kw = dict(config=dense_config, data_dir=config.data_dir or None)
+  kw = dict(config=dense_config(config), data_dir=config.data_dir or None)
   return kdata.load('digits_detection', 'train', **kw), kdata.load('digits_detection', 'test', **kw)
+
+
+def dense_config(config) -> kdata.DenseDigitsConfig:
+  """The digit-canvas builder config of ``config`` (sizes, ``image_size`` x ``image_size``)."""
+  return kdata.dense_digits_config(config.num_train, config.num_test,
+                                   image_size=config.image_size)
 
 
 def fit(state, step_fn, train_src, *, config, seed: int, teacher_variables=None,
@@ -75,7 +81,7 @@ def fit(state, step_fn, train_src, *, config, seed: int, teacher_variables=None,
     return train.fit(state, step_fn, data, num_steps=config.num_steps, rng=jax.random.key(seed),
                      teacher_variables=teacher_variables, checkpointer=ckpt,
                      checkpoint_every=config.num_steps, log_every=config.num_steps,
-                     progress=config.progress, desc=desc)
+                     compiled=config.compiled, progress=config.progress, desc=desc)
   finally:
     if ckpt is not None:
       ckpt.close()
@@ -110,6 +116,7 @@ def score(pred: Mapping[str, np.ndarray], image_size: int) -> dict:
 def run(config) -> list[dict]:
   """Trains the teacher and the four students per seed; writes results/<config.results>/."""
   fresh_workdir(config)
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
   train_src, test_src = load_data(config)
   sample = train_src.read_batch(np.arange(min(config.batch_size, len(train_src))))['x']
   image_size = int(sample.shape[1])
@@ -208,6 +215,25 @@ def plot_examples(images: np.ndarray, examples: Mapping[str, Mapping[str, np.nda
   plt.close(fig)
 
 
+def speed_note(out_dir: str) -> str:
+  """The ``step_speed.json`` measurement of ``out_dir`` as a Markdown paragraph ('' if absent).
+
+  That file holds the steady-state step times of a short ``kdjax.train.fit``
+  per model, scanned (``compiled=True``) and per step (``compiled=False``):
+  the measurement that chose the config's ``compiled``.
+  """
+  path = os.path.join(out_dir, 'step_speed.json')
+  if not os.path.isfile(path):
+    return ''
+  with open(path) as f:
+    speed = json.load(f)
+  parts = [f'{s["model"]} {"scanned" if s["compiled"] else "per step"}: '
+           f'{s["images_per_second"]:.0f} images/s ({s["ms_per_step"]:.0f} ms/step, batch '
+           f'{s["batch_size"]}, {s["image_size"]} px)' for s in speed['steps']]
+  return ('Step speed measured before the run (`step_speed.json`: ' + speed['what'] + '): '
+          + '; '.join(parts) + '.\n\n')
+
+
 def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   """Writes the table, plot and verdict from the records alone; returns the table rows."""
   config, facts = common.config_of(setup), setup['facts']
@@ -234,8 +260,8 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       'Δ is paired per seed. mAP: pycocotools on the test set (20 detections per image). '
       'Train images/s: steps × batch / wall time of the run, compilation included (CPU, 2 '
       'cores).\n\n'
-      + common.comparison_lines(list(cmp.values())) + '\n\n'
-      'Plots: `detection_map.png`, `detection_examples.png` (predicted boxes on test canvases). '
+      + common.comparison_lines(list(cmp.values())) + '\n\n' + speed_note(out_dir)
+      + 'Plots: `detection_map.png`, `detection_examples.png` (predicted boxes on test canvases). '
       f'Total training time {facts["train_seconds"]:.0f} s.')
   common.write_results(
       config.results, rows, COLUMNS, title='Detection distillation on digit canvases',

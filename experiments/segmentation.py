@@ -29,7 +29,9 @@ import optax
 
 from experiments import common
 from experiments import stats
+from experiments.detection import dense_config
 from experiments.detection import fit
+from experiments.detection import speed_note
 from experiments.dml import fresh_workdir
 from experiments.dml import init_key
 from experiments.dml import jit_init
@@ -60,8 +62,7 @@ def methods(config) -> dict[str, dict[str, float]]:
 
 def load_data(config):
   """``(train, test)`` digit-canvas segmentation sources."""
-  dense_config = kdata.dense_digits_config(config.num_train, config.num_test)
-  kw = dict(config=dense_config, data_dir=config.data_dir or None)
+  kw = dict(config=dense_config(config), data_dir=config.data_dir or None)
   return (kdata.load('digits_segmentation', 'train', **kw),
           kdata.load('digits_segmentation', 'test', **kw))
 
@@ -87,6 +88,7 @@ def predict(forward, variables, src, *, batch_size: int = 100) -> dict:
 def run(config) -> list[dict]:
   """Trains the teacher and the four students per seed; writes results/<config.results>/."""
   fresh_workdir(config)
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
   train_src, test_src = load_data(config)
   sample = train_src.read_batch(np.arange(min(config.batch_size, len(train_src))))['x']
   teacher = models.create('unet_teacher', NUM_CLASSES, **dict(config.teacher))
@@ -206,8 +208,8 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       'students of a seed share initialisation and data order; Δ is paired per seed. Train '
       'images/s: steps × batch / wall time of the run, compilation included (CPU, 2 '
       'cores).\n\n'
-      + common.comparison_lines(list(cmp.values())) + '\n\n'
-      'Plots: `segmentation_miou.png`, `segmentation_examples.png` (predicted class maps). '
+      + common.comparison_lines(list(cmp.values())) + '\n\n' + speed_note(out_dir)
+      + 'Plots: `segmentation_miou.png`, `segmentation_examples.png` (predicted class maps). '
       f'Total training time {facts["train_seconds"]:.0f} s.')
   common.write_results(
       config.results, rows, COLUMNS, title='Structured KD for segmentation on digit canvases',
