@@ -58,7 +58,8 @@ from kdjax import steps
 
 COLUMNS = ('dataset', 'method', 'setting', 'seeds', *base.VS_KD_COLUMNS)
 KEYS = ('dataset', 'method', 'setting')
-TITLE = 'The RepDistiller set (feature and relational KD) vs scratch and KD'
+TITLE = ('The RepDistiller set (feature and relational KD), CE + β·L_method, vs scratch and KD '
+         '(0.1·CE + 0.9·τ²·KL)')
 FINDING = ('Every feature or relational distillation objective beats the student trained '
            'alone, and CRD beats them all, KD included (Tian, Krishnan & Isola, ICLR 2020, '
            'CIFAR-100, the RepDistiller protocol CE + β·L_method).')
@@ -248,7 +249,8 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       f'{spec.student.learning_rate:g} (Adam, cosine decay, batch {config.batch_size}); the '
       'students of a seed share initialisation and data order. Objective of every method: '
       'CE + β·L_method (RepDistiller\'s -r 1 -a 0 -b β), one joint stage (RepDistiller trains '
-      'FSP and FT in two); KD: 0.1·CE + 0.9·τ²·KL (τ = 4); CRD+KD: CE + τ²·KL + 0.8·L_CRD. '
+      'FSP and FT in two); KD: 0.1·CE + 0.9·τ²·KL (τ = 4)'
+      + ('; CRD+KD: CE + τ²·KL + 0.8·L_CRD. ' if 'CRD+KD' in config.methods else '. ') +
       'β are the paper\'s where the library loss has the authors\' normalisation; CC (the '
       'paper\'s CC code is another formula), the triplet term (not in RepDistiller) and CRD\'s '
       'negatives (16384 of 50000 images in the paper) are set as the config explains, '
