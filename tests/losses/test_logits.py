@@ -671,9 +671,11 @@ def test_sim_large_logits_are_finite():
   for tau in (0.01, 1.0):
     val = _assert_finite_value_and_grads(
         lambda s, w: losses.class_similarity_distillation(s, w, y, temperature=tau), s, w)
-    # At tau = 0.01 the loss is ~1e-22 (pure float32 rounding noise), so compare absolutely.
+    # At tau = 0.01 the true loss is ~2e-22 while the scaled logits reach 1e6 (float32
+    # spacing 0.06): what float32 leaves is rounding noise, 2e-22 or 3e-10 depending on
+    # XLA's code generation (LLVM optimisation level), so compare absolutely.
     np.testing.assert_allclose(
-        val, np.sum(_ref_kl_loss(refs.sim_target(w, y, tau), s, tau)), rtol=1e-5, atol=1e-12)
+        val, np.sum(_ref_kl_loss(refs.sim_target(w, y, tau), s, tau)), rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize('args, kwargs, match', [
