@@ -308,34 +308,45 @@ def _check_chunk(fetched: Mapping[str, np.ndarray], first: int, consecutive: int
   return int(skipped.sum()), consecutive
 
 
-def _student_convolves_on_cpu(state: Any, data: Any) -> bool:
+def _student_convolves_on_cpu(state: Any, data: Any, step_fn: Callable = None,
+                              teacher_variables: Any = None) -> bool:
   """Whether the student of ``state`` convolves on ``data``'s batches, on the CPU backend.
 
   XLA:CPU runs convolution *gradients* inside a ``while`` loop (a scanned
   chunk) several times slower than the same step called from Python
   (measured: a 1D-CNN training step, 3.0 vs 0.6 ms at batch 100; a
   convolutional teacher's forward pass is not affected), so :func:`fit` keeps
-  one call per step for convolutional students there. Other backends,
-  states without a single ``apply_fn``/``variables`` (e.g. stacked peers),
-  and plain iterators (which cannot be peeked at without losing a batch)
-  always scan.
+  one call per step for convolutional students there. The student is
+  ``state`` itself, or ``state.student`` for two-player states
+  (:class:`kdjax.dense.AdversarialState`); a student that does not read the
+  batch's ``'x'`` (a generator) is judged by tracing ``step_fn``. Other
+  backends, states without a single ``apply_fn``/``variables`` (e.g. stacked
+  peers), and plain iterators (which cannot be peeked at without losing a
+  batch) always scan.
   """
-  apply_fn, variables = getattr(state, 'apply_fn', None), getattr(state, 'variables', None)
+  two_player = hasattr(state, 'student') and hasattr(state, 'critic')
+  player = state.student if two_player else state
+  apply_fn, variables = getattr(player, 'apply_fn', None), getattr(player, 'variables', None)
   if jax.default_backend() != 'cpu' or apply_fn is None or variables is None:
     return False
   if callable(getattr(data, 'plan', None)):  # DeviceData: trace its gather
     row = jax.tree.map(lambda v: v[0], data.plan(0, 1))
-    sample = jax.eval_shape(lambda p: data.gather(data.arrays, p)['x'], row)
+    batch = jax.eval_shape(lambda p: data.gather(data.arrays, p), row)
   elif callable(getattr(data, 'get_state', None)) and callable(getattr(data, 'set_state', None)):
     position = data.get_state()  # a grain iterator: peek at one batch, then rewind
-    sample = np.asarray(next(data)['x'])
+    batch = jax.tree.map(np.asarray, next(data))
     data.set_state(position)
   else:  # a plain iterator cannot be peeked at without losing a batch
     return False
   try:
-    jaxpr = jax.make_jaxpr(lambda v, x: apply_fn(v, x, train=False))(variables, sample)
+    jaxpr = jax.make_jaxpr(lambda v, x: apply_fn(v, x, train=False))(variables, batch['x'])
   except Exception:  # pylint: disable=broad-except  (not a plain single-model state)
-    return False
+    if not two_player or step_fn is None or not getattr(step_fn, 'traceable', True):
+      return False
+    try:  # e.g. a generator: its inputs are drawn inside the step
+      jaxpr = jax.make_jaxpr(step_fn)(state, teacher_variables, batch, jax.random.key(0))
+    except Exception:  # pylint: disable=broad-except
+      return False
   return 'conv_general_dilated' in str(jaxpr)
 
 
@@ -448,7 +459,8 @@ def fit(state: Any, step_fn: Callable, data: Any, *,
   # A kdjax.data.DeviceData (duck-typed: anything with plan() and gather()).
   resident = callable(getattr(data, 'plan', None)) and callable(getattr(data, 'gather', None))
   if compiled is None:
-    compiled = getattr(step_fn, 'traceable', True) and not _student_convolves_on_cpu(state, data)
+    compiled = getattr(step_fn, 'traceable', True) and not _student_convolves_on_cpu(
+        state, data, step_fn, teacher_variables)
   if num_steps < 0:
     raise ValueError(f'`num_steps` must be >= 0, got {num_steps}.')
   if log_every < 1:

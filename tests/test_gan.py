@@ -342,3 +342,12 @@ def test_distillation_brings_the_student_to_the_teacher():
   assert d_init > 0.1, d_init
   assert d_distilled < 0.5 * d_alone, (d_distilled, d_alone, d_init)
   assert d_distilled < 0.9 * d_init, (d_distilled, d_alone, d_init)
+
+
+def test_fit_auto_mode_runs_a_convolutional_generator_one_call_per_step(tiny):
+  """A generator does not read ``batch['x']``: fit judges it by tracing the step (no compile)."""
+  data = Batches([{k: v[:3] for k, v in tiny['batch'].items()}])
+  state = tiny['make']()
+  assert train._student_convolves_on_cpu(state, data, gan.make_gan_step(noise_dim=Z), None)
+  assert data.position == 0  # the peeked batch was put back
+  assert not train._student_convolves_on_cpu(state, data)  # without the step: no verdict
