@@ -67,10 +67,15 @@ def test_index_lists_every_results_dir_with_the_expected_files(tmp_path):
 
 @pytest.mark.parametrize('name', report.regenerable())
 def test_committed_results_regenerate_from_records(name, tmp_path):
-  """A committed results.md is exactly what its report() writes from records.json + setup.json."""
+  """A committed results.md is exactly what its report() writes from its JSON inputs.
+
+  They are records.json and setup.json, and for the dense experiments the step-speed
+  measurement step_speed.json.
+  """
   src = os.path.join(common.RESULTS, name)
-  for f in ('records.json', 'setup.json'):
-    shutil.copy(os.path.join(src, f), tmp_path / f)
+  for f in ('records.json', 'setup.json', 'step_speed.json'):
+    if f != 'step_speed.json' or os.path.isfile(os.path.join(src, f)):
+      shutil.copy(os.path.join(src, f), tmp_path / f)
   report.regenerate('.', root=str(tmp_path))
   for f in ('results.md', 'results.csv'):
     with open(os.path.join(src, f)) as a:

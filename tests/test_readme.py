@@ -54,11 +54,16 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch, capsys):
   if 'box_map' in namespace:  # detection and segmentation
     assert 0.0 <= namespace['box_map']['mAP'] <= namespace['box_map']['mAP@.5'] <= 1.0
     assert namespace['targets'].positive.any() and 'mIoU 0.102, pixel accuracy 0.917' in out
-  if 'steps.init_terms' in _snippets()[index]:  # the feature and relational terms
+  if 'crd/embedding' in _snippets()[index]:  # the feature and relational terms
     metrics, state = namespace['metrics'], namespace['state']
     assert "['student_bank', 'teacher_bank'] ['crd/embedding', 'vid/embedding']" in out
     assert state.term_state['crd/embedding']['teacher_bank'].shape == (4000, 128)
     assert int(metrics['skipped']) == 0 and np.isfinite(float(metrics['loss/crd/embedding']))
+  if 'tfm_metrics' in namespace:  # transformer KD: attention and hidden transfer
+    metrics = namespace['tfm_metrics']
+    assert int(metrics['skipped']) == 0 and int(namespace['state'].step) == 1
+    assert np.isfinite(float(metrics['loss/attention_kl/attention1']))
+    assert "['loss/attention_kl/attention1', 'loss/ce', 'loss/hidden_mse/hidden1'" in out
   if 'det_metrics' in namespace:  # the dense distillation step
     assert int(namespace['det_metrics']['skipped']) == 0 and int(namespace['state'].step) == 1
     assert "'loss/hint', 'loss/ld', 'loss/soft']" in out

@@ -122,7 +122,7 @@ X_HELD = jax.random.normal(jax.random.key(12), (128, 16))
 
 def _sharp_teacher():
   """A random teacher with peaked attention (query/key kernels scaled up)."""
-  variables = models.init_variables(TEACHER, jax.random.key(1), X[:2])
+  variables = jax.jit(models.init_variables, static_argnums=0)(TEACHER, jax.random.key(1), X[:2])
 
   def sharpen(path, leaf):
     names = [getattr(k, 'key', '') for k in path]
@@ -138,16 +138,25 @@ def _batches(n, batch=32, seed=0):
     yield {'x': X[idx], 'label': Y[idx]}
 
 
+def _features(forward, variables, x):
+  """``forward``'s features on ``x``, jitted (one compilation, not one per eager op)."""
+  return jax.jit(lambda v: forward(v, x, train=False).features)(variables)
+
+
+def _forward_jit(forward, variables, x):
+  return jax.jit(lambda v: forward(v, x, train=False))(variables)
+
+
 def _transfer_gap(forward, variables, t_vars, layers=(1, 2)):
-  s = forward(variables, X_HELD, train=False).features
-  t = models.linen_forward(TEACHER)(t_vars, X_HELD, train=False).features
+  s = _features(forward, variables, X_HELD)
+  t = _features(models.linen_forward(TEACHER), t_vars, X_HELD)
   return float(np.mean([np.mean(losses.attention_kl(s[f'attention{l}'], t[f'attention{l}']))
                         for l in layers]))
 
 
 def _train(forward, variables, terms, t_vars, num_steps):
-  s_out = forward(variables, X[:4], train=False)
-  t_out = models.linen_forward(TEACHER)(t_vars, X[:4], train=False)
+  s_out = _forward_jit(forward, variables, X[:4])
+  t_out = _forward_jit(models.linen_forward(TEACHER), t_vars, X[:4])
   state = TrainState.create(apply_fn=forward, variables=variables, tx=optax.adam(1e-2),
                             **steps.init_terms(terms, s_out, jax.random.key(3), t_out))
   step = steps.make_distill_step(terms, models.linen_forward(TEACHER), teacher_metrics=False)
@@ -159,7 +168,7 @@ def _train(forward, variables, terms, t_vars, num_steps):
 @pytest.mark.long  # two 200-step runs (~35 s); the progressive test covers the terms too
 def test_attention_and_hidden_transfer_train_the_student():
   t_vars = _sharp_teacher()
-  s_vars = models.init_variables(STUDENT, jax.random.key(2), X[:2])
+  s_vars = jax.jit(models.init_variables, static_argnums=0)(STUDENT, jax.random.key(2), X[:2])
   fwd = models.linen_forward(STUDENT)
   start = _transfer_gap(fwd, s_vars, t_vars)
   ce = _train(fwd, s_vars, (steps.task_ce(),), t_vars, 200)
@@ -181,7 +190,7 @@ def test_freeze_except_zeroes_the_frozen_updates():
 @pytest.mark.long  # three compiled stages (~15-30 s); freeze_except is tested above
 def test_progressive_transfer_trains_one_layer_per_stage():
   t_vars = _sharp_teacher()
-  s_vars = models.init_variables(STUDENT, jax.random.key(2), X[:2])
+  s_vars = jax.jit(models.init_variables, static_argnums=0)(STUDENT, jax.random.key(2), X[:2])
   fwd = models.linen_forward(STUDENT)
   result = schemes.progressive_transfer(
       STUDENT, s_vars, TEACHER, t_vars, lambda i: _batches(100, seed=i), num_layers=2,
@@ -251,7 +260,7 @@ def test_nnx_transformer_student_through_the_adapter():
   graphdef, params = nnx.split(model, nnx.Param)
   fwd = models.nnx_forward(graphdef)
   variables = {'params': params}
-  out = fwd(variables, X[:3], train=False)
+  out = _forward_jit(fwd, variables, X[:3])
   assert out.features['attention2'].shape == (3, 2, 4, 4)
   np.testing.assert_allclose(out.features['attention1'].sum(-1), 1.0, atol=1e-5)
   t_vars = _sharp_teacher()
