@@ -19,6 +19,7 @@ from kdjax import models
 from kdjax import train
 from kdjax._adversarial import AdversarialState
 from kdjax.state import TrainState
+from tests.batches import CyclingBatches
 
 
 Z = 4  # noise size of the tiny generators
@@ -235,28 +236,6 @@ def test_frozen_critic_is_bitwise_unchanged_and_the_teacher_is_not_optimised(tin
   assert extra and not extra & {np.shape(v) for v in jax.tree.leaves(new.student.opt_state)}
 
 
-class Batches:
-  """Cycles over fixed batches; ``get_state`` / ``set_state`` as a grain iterator's."""
-
-  def __init__(self, batches):
-    self.batches = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
-    self.position = 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    batch = self.batches[self.position % len(self.batches)]
-    self.position += 1
-    return batch
-
-  def get_state(self):
-    return {'position': self.position}
-
-  def set_state(self, state):
-    self.position = int(state['position'])
-
-
 @pytest.mark.long  # ~16 CPU s: a compile of the two-player step and three checkpointed fits
 def test_two_player_fit_checkpoint_resumes_bitwise(tiny, tmp_path):
   """GAN training (both players update) through fit: stopped at 2, resumed to 4 = straight 4."""
@@ -265,7 +244,7 @@ def test_two_player_fit_checkpoint_resumes_bitwise(tiny, tmp_path):
 
   def run(num_steps, directory=None):
     ckpt = None if directory is None else checkpoint.Checkpointer(directory)
-    result = train.fit(jax.device_put(tiny['make'](), CPU), step, Batches(data),
+    result = train.fit(jax.device_put(tiny['make'](), CPU), step, CyclingBatches(data),
                        num_steps=num_steps, rng=jax.random.key(7), checkpointer=ckpt,
                        checkpoint_every=2, log_every=2, progress=False, compiled=False)
     if ckpt is not None:
@@ -322,7 +301,7 @@ def test_distillation_brings_the_student_to_the_teacher():
                           aux_params=aux_params),
         TrainState.create(apply_fn=critic, variables=c_vars, tx=optax.adam(1e-3, b1=0.5,
                                                                            b2=0.9)))
-    return train.fit(state, step, Batches(data), num_steps=300, rng=jax.random.key(6),
+    return train.fit(state, step, CyclingBatches(data), num_steps=300, rng=jax.random.key(6),
                      teacher_variables=t_vars, log_every=100, progress=False,
                      compiled=False).state.student.variables
 
@@ -346,7 +325,7 @@ def test_distillation_brings_the_student_to_the_teacher():
 
 def test_fit_auto_mode_runs_a_convolutional_generator_one_call_per_step(tiny):
   """A generator does not read ``batch['x']``: fit judges it by tracing the step (no compile)."""
-  data = Batches([{k: v[:3] for k, v in tiny['batch'].items()}])
+  data = CyclingBatches([{k: v[:3] for k, v in tiny['batch'].items()}])
   state = tiny['make']()
   assert train._student_convolves_on_cpu(state, data, gan.make_gan_step(noise_dim=Z), None)
   assert data.position == 0  # the peeked batch was put back

@@ -118,11 +118,12 @@ STUDENT = models.Transformer(width=8, depth=2, heads=2, patch=4)
 X = jax.random.normal(jax.random.key(10), (256, 16))
 Y = jax.random.randint(jax.random.key(11), (256,), 0, 10)
 X_HELD = jax.random.normal(jax.random.key(12), (128, 16))
+_init_variables = jax.jit(models.init_variables, static_argnums=0)  # not op by op
 
 
 def _sharp_teacher():
   """A random teacher with peaked attention (query/key kernels scaled up)."""
-  variables = jax.jit(models.init_variables, static_argnums=0)(TEACHER, jax.random.key(1), X[:2])
+  variables = _init_variables(TEACHER, jax.random.key(1), X[:2])
 
   def sharpen(path, leaf):
     names = [getattr(k, 'key', '') for k in path]
@@ -138,18 +139,14 @@ def _batches(n, batch=32, seed=0):
     yield {'x': X[idx], 'label': Y[idx]}
 
 
-def _features(forward, variables, x):
-  """``forward``'s features on ``x``, jitted (one compilation, not one per eager op)."""
-  return jax.jit(lambda v: forward(v, x, train=False).features)(variables)
-
-
 def _forward_jit(forward, variables, x):
+  """``forward``'s eval-mode output on ``x``, jitted (one compilation, not one per eager op)."""
   return jax.jit(lambda v: forward(v, x, train=False))(variables)
 
 
 def _transfer_gap(forward, variables, t_vars, layers=(1, 2)):
-  s = _features(forward, variables, X_HELD)
-  t = _features(models.linen_forward(TEACHER), t_vars, X_HELD)
+  s = _forward_jit(forward, variables, X_HELD).features
+  t = _forward_jit(models.linen_forward(TEACHER), t_vars, X_HELD).features
   return float(np.mean([np.mean(losses.attention_kl(s[f'attention{l}'], t[f'attention{l}']))
                         for l in layers]))
 
@@ -168,7 +165,7 @@ def _train(forward, variables, terms, t_vars, num_steps):
 @pytest.mark.long  # two 200-step runs (~35 s); the progressive test covers the terms too
 def test_attention_and_hidden_transfer_train_the_student():
   t_vars = _sharp_teacher()
-  s_vars = jax.jit(models.init_variables, static_argnums=0)(STUDENT, jax.random.key(2), X[:2])
+  s_vars = _init_variables(STUDENT, jax.random.key(2), X[:2])
   fwd = models.linen_forward(STUDENT)
   start = _transfer_gap(fwd, s_vars, t_vars)
   ce = _train(fwd, s_vars, (steps.task_ce(),), t_vars, 200)
@@ -190,7 +187,7 @@ def test_freeze_except_zeroes_the_frozen_updates():
 @pytest.mark.long  # three compiled stages (~15-30 s); freeze_except is tested above
 def test_progressive_transfer_trains_one_layer_per_stage():
   t_vars = _sharp_teacher()
-  s_vars = jax.jit(models.init_variables, static_argnums=0)(STUDENT, jax.random.key(2), X[:2])
+  s_vars = _init_variables(STUDENT, jax.random.key(2), X[:2])
   fwd = models.linen_forward(STUDENT)
   result = schemes.progressive_transfer(
       STUDENT, s_vars, TEACHER, t_vars, lambda i: _batches(100, seed=i), num_layers=2,

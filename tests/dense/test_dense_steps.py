@@ -18,6 +18,7 @@ from kdjax import dense
 from kdjax import models
 from kdjax import train
 from kdjax.state import TrainState
+from tests.batches import CyclingBatches
 
 
 CONFIG = kd.dense_digits_config(24, 8, image_size=24, min_size=6, max_size=12)  # small canvases
@@ -240,34 +241,12 @@ def test_segmentation_zero_weights_are_the_supervised_step(seg):
     dense.make_segmentation_distill_step(seg['teacher'], critic_steps=0)
 
 
-class StatefulBatches:
-  """Cycles over fixed batches; ``get_state`` / ``set_state`` as a grain iterator's."""
-
-  def __init__(self, batches):
-    self.batches = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
-    self.position = 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    batch = self.batches[self.position % len(self.batches)]
-    self.position += 1
-    return batch
-
-  def get_state(self):
-    return {'position': self.position}
-
-  def set_state(self, state):
-    self.position = int(state['position'])
-
-
 def test_two_player_step_trains_with_fit_and_resumes_bitwise(seg, tmp_path):
   def run(num_steps, directory=None):
     ckpt = None if directory is None else checkpoint.Checkpointer(directory)
     state = jax.device_put(at_step(seg['make'](), ALL), CPU)  # every term on
     # fit counts its own iterations (0 .. num_steps); the state's counter starts at ALL.
-    result = train.fit(state, seg['raw'], StatefulBatches(seg['data']), num_steps=num_steps,
+    result = train.fit(state, seg['raw'], CyclingBatches(seg['data']), num_steps=num_steps,
                        rng=jax.random.key(7), teacher_variables=seg['t_vars'],
                        checkpointer=ckpt, checkpoint_every=8, log_every=4,
                        progress=False, compiled=False)
