@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -113,6 +113,57 @@ def score(pred: Mapping[str, np.ndarray], image_size: int) -> dict:
                         pred['gt_labels'], image_size=image_size)
 
 
+class Parts(NamedTuple):
+  """The models, optimizers and steps of one detection run (:func:`build`).
+
+  Attributes:
+    t_fwd: the teacher's forward (``kdjax.models.linen_forward``).
+    s_fwd: the student's forward.
+    t_init: ``key -> variables`` of the teacher (jitted).
+    s_init: ``key -> variables`` of the student (jitted).
+    t_tx: the teacher's optimizer.
+    s_tx: the students' optimizer.
+    stride: the detectors' output stride.
+    supervised: the supervised dense step (teacher and scratch student).
+    steps: method name -> its student step (:func:`methods`).
+  """
+  t_fwd: Callable
+  s_fwd: Callable
+  t_init: Callable
+  s_init: Callable
+  t_tx: optax.GradientTransformation
+  s_tx: optax.GradientTransformation
+  stride: int
+  supervised: Callable
+  steps: dict
+
+
+def build(config, sample: np.ndarray) -> Parts:
+  """Builds the teacher, student, optimizers and every method's step for ``sample``'s shape."""
+  teacher = models.create('dense_detector_teacher', 10, **dict(config.teacher))
+  student = models.create('dense_detector_student', 10, **dict(config.student))
+  stride = student.stride
+  t_fwd = models.linen_forward(teacher)
+  supervised = dense.make_detection_step(stride=stride)
+  steps = {name: (supervised if not w else dense.make_detection_distill_step(
+      t_fwd, stride=stride, margin=config.margin, **w)) for name, w in methods(config).items()}
+  return Parts(t_fwd=t_fwd, s_fwd=models.linen_forward(student),
+               t_init=jit_init(teacher, sample), s_init=jit_init(student, sample),
+               t_tx=optax.adam(config.learning_rate), s_tx=optax.adam(config.learning_rate),
+               stride=stride, supervised=supervised, steps=steps)
+
+
+def student_state(parts: Parts, weights: Mapping[str, float], s_vars, t_vars, sample, key):
+  """The initial student state of one method: ``aux_params`` hold its hint adapter, if any."""
+  aux = None
+  if weights.get('hint_weight'):
+    sample_out = jax.jit(lambda v: parts.s_fwd(v, sample, train=False))(s_vars)
+    teacher_out = jax.eval_shape(lambda v: parts.t_fwd(v, sample, train=False), t_vars)
+    aux = dense.init_hint_adapter(sample_out, teacher_out, key)
+  return TrainState.create(apply_fn=parts.s_fwd, variables=s_vars, tx=parts.s_tx,
+                           aux_params=aux)
+
+
 def run(config) -> list[dict]:
   """Trains the teacher and the four students per seed; writes results/<config.results>/."""
   fresh_workdir(config)
@@ -120,33 +171,22 @@ def run(config) -> list[dict]:
   train_src, test_src = load_data(config)
   sample = train_src.read_batch(np.arange(min(config.batch_size, len(train_src))))['x']
   image_size = int(sample.shape[1])
-  teacher = models.create('dense_detector_teacher', 10, **dict(config.teacher))
-  student = models.create('dense_detector_student', 10, **dict(config.student))
-  t_fwd, s_fwd = models.linen_forward(teacher), models.linen_forward(student)
-  t_tx, s_tx = optax.adam(config.learning_rate), optax.adam(config.learning_rate)
-  t_init, s_init = jit_init(teacher, sample), jit_init(student, sample)
-  stride = student.stride
-  supervised = dense.make_detection_step(stride=stride)
-  steps = {name: (supervised if not w else dense.make_detection_distill_step(
-      t_fwd, stride=stride, margin=config.margin, **w)) for name, w in methods(config).items()}
+  parts = build(config, sample)
+  t_fwd, s_fwd, stride, supervised = parts.t_fwd, parts.s_fwd, parts.stride, parts.supervised
   records, examples, timings = [], {}, []
   for seed in config.seeds:
     key = init_key(seed)
     hp = {k: config[k] for k in ('num_steps', 'batch_size', 'learning_rate', 'num_train')}
-    t_state = TrainState.create(apply_fn=t_fwd, variables=t_init(key), tx=t_tx)
+    t_state = TrainState.create(apply_fn=t_fwd, variables=parts.t_init(key), tx=parts.t_tx)
     t_fit = fit(t_state, supervised, train_src, config=config, seed=seed,
                 workdir=run_dir(config, seed, 'teacher', {**hp, 'teacher': config.teacher}),
                 desc=f'teacher seed {seed}')
     t_vars = t_fit.state.variables
     results = {'teacher': (t_fit, predict(t_fwd, t_vars, test_src, stride=stride))}
-    s_vars = s_init(jax.random.fold_in(key, 1))
-    sample_out = jax.jit(lambda v: s_fwd(v, sample, train=False))(s_vars)
-    teacher_out = jax.eval_shape(lambda v: t_fwd(v, sample, train=False), t_vars)
-    aux = dense.init_hint_adapter(sample_out, teacher_out, jax.random.fold_in(key, 2))
+    s_vars = parts.s_init(jax.random.fold_in(key, 1))
     for name, weights in methods(config).items():
-      state = TrainState.create(apply_fn=s_fwd, variables=s_vars, tx=s_tx,
-                                aux_params=aux if weights.get('hint_weight') else None)
-      s_fit = fit(state, steps[name], train_src, config=config, seed=seed,
+      state = student_state(parts, weights, s_vars, t_vars, sample, jax.random.fold_in(key, 2))
+      s_fit = fit(state, parts.steps[name], train_src, config=config, seed=seed,
                   teacher_variables=t_vars if weights else None,
                   workdir=run_dir(config, seed, f'student_{name[1:] if weights else name}',
                                   {**hp, 'student': config.student, 'weights': weights,

@@ -20,7 +20,7 @@ Usable from a notebook::
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -85,42 +85,85 @@ def predict(forward, variables, src, *, batch_size: int = 100) -> dict:
           'pixel_accuracy': float(metrics['pixel_accuracy'])}
 
 
+class Parts(NamedTuple):
+  """The models, optimizers and steps of one segmentation run (:func:`build`).
+
+  Attributes:
+    t_fwd: the teacher's forward (``kdjax.models.linen_forward``).
+    s_fwd: the student's forward.
+    c_fwd: the holistic critic's forward.
+    t_init: ``key -> variables`` of the teacher (jitted).
+    s_init: ``key -> variables`` of the student (jitted).
+    c_init: ``key -> variables`` of the critic (jitted).
+    t_tx: the teacher's optimizer.
+    s_tx: the students' optimizer.
+    c_tx: the critic's optimizer (WGAN-GP's Adam).
+    supervised: the supervised segmentation step (teacher and scratch student).
+    steps: method name -> its student step (:func:`methods`).
+  """
+  t_fwd: Callable
+  s_fwd: Callable
+  c_fwd: Callable
+  t_init: Callable
+  s_init: Callable
+  c_init: Callable
+  t_tx: optax.GradientTransformation
+  s_tx: optax.GradientTransformation
+  c_tx: optax.GradientTransformation
+  supervised: Callable
+  steps: dict
+
+
+def build(config, sample: np.ndarray) -> Parts:
+  """Builds the teacher, student, critic, optimizers and every method's step."""
+  teacher = models.create('unet_teacher', NUM_CLASSES, **dict(config.teacher))
+  student = models.create('unet_student', NUM_CLASSES, **dict(config.student))
+  critic = dense.HolisticCritic(widths=tuple(config.critic_widths))
+  t_fwd, s_fwd, c_fwd = (models.linen_forward(m) for m in (teacher, student, critic))
+  supervised = dense.make_segmentation_step()
+  steps = {name: (supervised if not w else dense.make_segmentation_distill_step(
+      t_fwd, pair_feature='bottleneck', gp_weight=config.gp_weight, **w))
+      for name, w in methods(config).items()}
+  critic_sample = dense.critic_input(jnp.zeros(sample.shape[:3] + (NUM_CLASSES,)), sample)
+  return Parts(t_fwd=t_fwd, s_fwd=s_fwd, c_fwd=c_fwd, t_init=jit_init(teacher, sample),
+               s_init=jit_init(student, sample), c_init=jit_init(critic, critic_sample),
+               t_tx=optax.adam(config.learning_rate), s_tx=optax.adam(config.learning_rate),
+               c_tx=optax.adam(config.critic_learning_rate, b1=0.5, b2=0.9),
+               supervised=supervised, steps=steps)
+
+
+def student_state(parts: Parts, weights: Mapping[str, float], s_vars, c_vars):
+  """The initial student state of one method: with the critic for the holistic term."""
+  state = TrainState.create(apply_fn=parts.s_fwd, variables=s_vars, tx=parts.s_tx)
+  if weights.get('holistic_weight'):
+    state = dense.AdversarialState(student=state, critic=TrainState.create(
+        apply_fn=parts.c_fwd, variables=c_vars, tx=parts.c_tx))
+  return state
+
+
 def run(config) -> list[dict]:
   """Trains the teacher and the four students per seed; writes results/<config.results>/."""
   fresh_workdir(config)
   common.enable_compilation_cache(config.get('compilation_cache', ''))
   train_src, test_src = load_data(config)
   sample = train_src.read_batch(np.arange(min(config.batch_size, len(train_src))))['x']
-  teacher = models.create('unet_teacher', NUM_CLASSES, **dict(config.teacher))
-  student = models.create('unet_student', NUM_CLASSES, **dict(config.student))
-  critic = dense.HolisticCritic(widths=tuple(config.critic_widths))
-  t_fwd, s_fwd, c_fwd = (models.linen_forward(m) for m in (teacher, student, critic))
-  t_tx, s_tx = optax.adam(config.learning_rate), optax.adam(config.learning_rate)
-  c_tx = optax.adam(config.critic_learning_rate, b1=0.5, b2=0.9)  # WGAN-GP's Adam
-  t_init, s_init = jit_init(teacher, sample), jit_init(student, sample)
-  c_init = jit_init(critic, dense.critic_input(jnp.zeros(sample.shape[:3] + (NUM_CLASSES,)),
-                                               sample))
-  supervised = dense.make_segmentation_step()
-  steps = {name: (supervised if not w else dense.make_segmentation_distill_step(
-      t_fwd, pair_feature='bottleneck', gp_weight=config.gp_weight, **w))
-      for name, w in methods(config).items()}
+  parts = build(config, sample)
+  t_fwd, s_fwd, supervised = parts.t_fwd, parts.s_fwd, parts.supervised
   records, examples, timings = [], {}, []
   for seed in config.seeds:
     key = init_key(seed)
     hp = {k: config[k] for k in ('num_steps', 'batch_size', 'learning_rate', 'num_train')}
-    t_state = TrainState.create(apply_fn=t_fwd, variables=t_init(key), tx=t_tx)
+    t_state = TrainState.create(apply_fn=t_fwd, variables=parts.t_init(key), tx=parts.t_tx)
     t_fit = fit(t_state, supervised, train_src, config=config, seed=seed,
                 workdir=run_dir(config, seed, 'teacher', {**hp, 'teacher': config.teacher}),
                 desc=f'teacher seed {seed}')
     t_vars = t_fit.state.variables
     results = {'teacher': (t_fit, predict(t_fwd, t_vars, test_src))}
-    s_vars, c_vars = s_init(jax.random.fold_in(key, 1)), c_init(jax.random.fold_in(key, 2))
+    s_vars = parts.s_init(jax.random.fold_in(key, 1))
+    c_vars = parts.c_init(jax.random.fold_in(key, 2))
     for name, weights in methods(config).items():
-      state = TrainState.create(apply_fn=s_fwd, variables=s_vars, tx=s_tx)
-      if weights.get('holistic_weight'):
-        state = dense.AdversarialState(student=state, critic=TrainState.create(
-            apply_fn=c_fwd, variables=c_vars, tx=c_tx))
-      s_fit = fit(state, steps[name], train_src, config=config, seed=seed,
+      state = student_state(parts, weights, s_vars, c_vars)
+      s_fit = fit(state, parts.steps[name], train_src, config=config, seed=seed,
                   teacher_variables=t_vars if weights else None,
                   workdir=run_dir(config, seed, f'student_{name.replace("+", "_")}',
                                   {**hp, 'student': config.student, 'weights': weights,

@@ -106,3 +106,42 @@ def test_accelerator_script_runs_tiny_on_cpu(tmp_path):
   conv = json.loads(open(summary['results']['convolutions']).read())
   assert {(r['batch'], r['dtype']) for r in conv['rows']} == {(8, 'float32'), (8, 'bfloat16')}
   assert all(r['images_per_s'] > 0 for r in conv['rows'])
+
+
+def _dense_row(model, compiled, ms):
+  return {'model': model, 'compiled': compiled, 'batch_size': 16, 'num_steps': 2,
+          'image_size': 32, 'ms_per_step': ms, 'images_per_second': 16e3 / ms,
+          'first_chunk_seconds': 3.0, 'flops_per_step': 1e9, 'flop_fraction_of_peak': 0.1}
+
+
+def test_dense_bench_output_is_what_the_experiments_quote(tmp_path):
+  import json
+
+  from experiments import detection
+  from experiments.bench import dense
+  speed = {'what': 'step time', 'script': 'python -m experiments.bench.dense',
+           'steps': [_dense_row('teacher', False, 20.0), _dense_row('teacher', True, 400.0)]}
+  (tmp_path / 'step_speed.json').write_text(json.dumps(speed))
+  note = detection.speed_note(str(tmp_path))
+  assert 'teacher per step: 800 images/s (20 ms/step, batch 16, 32 px)' in note
+  assert 'teacher scanned: 40 images/s (400 ms/step' in note
+  table = dense.markdown({'device': 'cpu', 'cpu_count': 2, 'load_average_start': 0.0,
+                          'load_average_end': 1.0, 'matmul_peak_flop_per_s': 1e11,
+                          'experiments': {'detection': speed}})
+  assert '| detection | teacher | per step | 2 | 20.0 | 800 | 3.0 | 50.00 (10.0%) |' in table
+
+
+@pytest.mark.long
+@pytest.mark.slow
+def test_dense_bench_runs_every_case(data_dir):
+  from experiments.bench import dense
+  from experiments.configs import detection as detection_config
+  config = detection_config.get_config('quick')
+  config.data_dir = data_dir
+  speed = dense.bench_experiment('detection', config, num_steps=2, scanned_steps=1, peak=1e11)
+  assert [(r['model'], r['compiled']) for r in speed['steps']] == [
+      (m, c) for m in ('teacher', 'student scratch', 'student +both') for c in (False, True)]
+  for r in speed['steps']:
+    assert r['ms_per_step'] > 0 and r['flops_per_step'] > 0 and r['first_chunk_seconds'] > 0
+  # The all-terms student also runs the teacher's forward: more FLOPs than scratch.
+  assert speed['steps'][4]['flops_per_step'] > speed['steps'][2]['flops_per_step']
