@@ -107,6 +107,21 @@ def soft_kd(weight: Weight = 1.0, *, temperature: float = 4.0,
               kwargs={'temperature': temperature})
 
 
+def hard_kd(weight: Weight = 1.0, *, teacher_name: Optional[str] = None,
+            name: str = 'hard_kd') -> Term:
+  """The teacher's hard-label term ``CE(argmax_c t_c, s)`` (:func:`losses.hard_label_distillation`).
+
+  Needs no labels, so it trains on an unlabeled transfer set like
+  :func:`soft_kd`: the control that tells the teacher's soft targets from its
+  labels.
+
+  Examples:
+    >>> hard_kd(0.5).name, hard_kd().labels
+    ('hard_kd', False)
+  """
+  return Term(name, losses.hard_label_distillation, weight, teacher_name=teacher_name)
+
+
 def hint(student_feature: str, teacher_feature: str, weight: Weight = 1.0, *,
          adapter: Optional[nn.Module] = None, teacher_name: Optional[str] = None,
          loss: Optional[Callable[..., jax.Array]] = None,

@@ -11,7 +11,9 @@ Two kinds:
   ``make_pipeline`` to distil on augmented views.
 
 Either way the source has no ``'label'`` key, so its batches carry only
-``'x'``, ``'id'``, ``'mask'`` and ``'epoch'``.
+``'x'``, ``'id'``, ``'mask'`` and ``'epoch'``. ``labeled=True`` keeps the
+labels (the generator's classes, or the training labels): the control that
+trains on the same inputs with their true labels.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def transfer_set(
     seed: int = 1,
     labeled_config: Optional[_builders.Mnist1dConfig] = None,
     data_dir: Optional[Union[str, os.PathLike]] = None,
+    labeled: bool = False,
 ) -> _sources.Source:
-  """Returns an unlabeled transfer source.
+  """Returns an unlabeled transfer source (or, with ``labeled=True``, its labeled twin).
 
   Args:
     name: dataset whose inputs are imitated (``'generated'`` needs
@@ -46,9 +49,11 @@ def transfer_set(
       overlap, and for ``'train'`` the config whose training split is used
       (default: the package's 5000 examples, seed 42).
     data_dir: TFDS data directory.
+    labeled: keep the ``'label'`` key (the same inputs, in the same order).
 
   Returns:
-    A :class:`Source` without labels (``source.labeled`` is False).
+    A :class:`Source`, without labels (``source.labeled`` is False) unless
+    ``labeled``.
 
   Raises:
     ValueError: for an unknown ``kind``, ``'generated'`` with a dataset other
@@ -65,15 +70,17 @@ def transfer_set(
   base, _ = _builders.split_name(name)
   if kind == 'train':
     config = labeled_config if base == 'mnist1d' else None
-    return _sources.load(name, 'train', data_dir=data_dir, config=config).unlabeled()
+    src = _sources.load(name, 'train', data_dir=data_dir, config=config)
+    return src if labeled else src.unlabeled()
   if kind != 'generated':
     raise ValueError(f"`kind` must be 'generated' or 'train', got {kind!r}.")
   if base != 'mnist1d':
     raise ValueError(
         f"kind='generated' needs a generator; only 'mnist1d' has one, got {name!r}. "
         "Use kind='train' with an augmentation instead.")
-  labeled = labeled_config or _builders.mnist1d_config()
+  reference = labeled_config or _builders.mnist1d_config()
   config = _builders.mnist1d_config(
       num_samples, seed, transfer=True,
-      labeled_num_samples=labeled.num_samples, labeled_seed=labeled.seed)
-  return _sources.load('mnist1d', 'train', data_dir=data_dir, config=config).unlabeled()
+      labeled_num_samples=reference.num_samples, labeled_seed=reference.seed)
+  src = _sources.load('mnist1d', 'train', data_dir=data_dir, config=config)
+  return src if labeled else src.unlabeled()

@@ -31,6 +31,7 @@ from kdjax.losses._logits import class_similarity_distillation
 from kdjax.losses._logits import cross_entropy
 from kdjax.losses._logits import decoupled_kd
 from kdjax.losses._logits import dist_loss
+from kdjax.losses._logits import hard_label_distillation
 from kdjax.losses._logits import hinton_kd
 from kdjax.losses._logits import kl_distillation
 from kdjax.losses._logits import mutual_kl

@@ -132,6 +132,62 @@ def kl_distillation(
   return temperature**2 * jnp.sum(terms, axis=-1)
 
 
+def hard_label_distillation(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    where: Optional[jax.Array] = None,
+) -> jax.Array:
+  r"""Cross-entropy of the student against the teacher's hard label ``argmax_c t_c``.
+
+  ``L = -log softmax(s)_{ĉ}`` with ``ĉ = argmax_c t_c`` (the first maximum on
+  ties): the "hard" alternative to Hinton's soft targets, used e.g. by
+  Touvron et al. 2021 (DeiT's hard distillation) and as the control that
+  separates the value of the teacher's dark knowledge from that of its
+  labels on a transfer set. No gradient reaches ``teacher_logits`` (the
+  argmax is piecewise constant).
+
+  Args:
+    student_logits: ``[..., C]`` student logits ``s``.
+    teacher_logits: ``[..., C]`` teacher logits ``t``.
+    where: optional boolean mask broadcastable to ``[..., C]``. Classes where it
+      is False are left out of both the argmax and the student's softmax,
+      which equals slicing the class axis. A fully masked row gives 0.
+
+  Returns:
+    ``[...]`` per-example loss, in at least float32.
+
+  Raises:
+    ValueError: for mismatched shapes, non-floating inputs or a bad mask.
+
+  References:
+    Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
+    arXiv:1503.02531 (soft vs hard targets).
+    Touvron et al., "Training data-efficient image transformers & distillation
+    through attention", ICML 2021, arXiv:2012.12877.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax.losses import hard_label_distillation
+    >>> s = jnp.array([[0.0, 0.0], [2.0, 0.0]])
+    >>> hard_label_distillation(s, jnp.array([[1.0, 3.0], [5.0, -1.0]]))
+    Array([0.6931472 , 0.12692805], dtype=float32)
+  """
+  _checks.check_same_shape(student_logits, teacher_logits, 'student_logits', 'teacher_logits')
+  _checks.check_min_rank(student_logits, 1, 'student_logits')
+  s = _checks.as_float(student_logits, 'student_logits')
+  t = _checks.as_float(teacher_logits, 'teacher_logits')
+  where = _checks.check_where(where, s.shape)
+  log_q = _masked_log_softmax(s, where)
+  if where is not None:
+    t = jnp.where(where, t, -jnp.inf)
+  hard = jnp.argmax(t, axis=-1)[..., None]
+  loss = -jnp.take_along_axis(log_q, hard, axis=-1)[..., 0]
+  if where is not None:
+    loss = jnp.where(jnp.any(jnp.broadcast_to(where, s.shape), axis=-1), loss, 0.0)
+  return loss
+
+
 def hinton_kd(
     student_logits: jax.Array,
     teacher_logits: jax.Array,

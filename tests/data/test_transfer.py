@@ -33,6 +33,22 @@ def test_transfer_pipeline_batches_have_no_label(data_dir):
   assert batch['x'].shape == (50, 40)
 
 
+def test_labeled_transfer_set_is_the_same_inputs_with_the_generator_labels(data_dir):
+  src = kd.transfer_set(num_samples=500, seed=7, labeled_config=SMALL, data_dir=data_dir)
+  labeled = kd.transfer_set(num_samples=500, seed=7, labeled_config=SMALL, data_dir=data_dir,
+                            labeled=True)
+  assert labeled.labeled and sorted(labeled[0]) == ['id', 'label', 'x']
+  np.testing.assert_array_equal(labeled.arrays()['x'], src.arrays()['x'])
+  y = labeled.arrays()['label']
+  # The generator makes num_samples // 10 examples of each class.
+  np.testing.assert_array_equal(np.bincount(y, minlength=10), np.full(10, 50))
+  train = kd.transfer_set('mnist1d', kind='train', labeled_config=SMALL, data_dir=data_dir,
+                          labeled=True)
+  np.testing.assert_array_equal(
+      train.arrays()['label'],
+      kd.load('mnist1d', 'train', data_dir=data_dir, config=SMALL).arrays()['label'])
+
+
 def test_train_kind_is_training_inputs_without_labels(data_dir, small_train):
   src = kd.transfer_set('mnist1d', kind='train', labeled_config=SMALL, data_dir=data_dir)
   assert len(src) == len(small_train) and not src.labeled

@@ -241,6 +241,80 @@ def test_kl_distillation_properties(s, t, shift, tau):
   np.testing.assert_allclose(shifted, kl, rtol=1e-3, atol=1e-3 * tau**2)
 
 
+# ------------------------------------------------------- hard_label_distillation
+
+def _ref_hard(s, t):
+  """-log softmax(s)[argmax t], the first maximum on ties (float64)."""
+  return refs.cross_entropy(s, np.argmax(np.asarray(t, np.float64), axis=-1))
+
+
+@pytest.mark.parametrize('shape', [(7,), (5, 7), (2, 3, 7)])
+def test_hard_label_distillation_matches_reference(shape):
+  s, t = _logits(20, shape), _logits(21, shape)
+  got = jax.jit(losses.hard_label_distillation)(s, t)
+  assert got.shape == shape[:-1]
+  np.testing.assert_allclose(got, _ref_hard(s, t), rtol=RTOL, atol=1e-6)
+
+
+def test_hard_label_distillation_is_cross_entropy_on_the_teacher_argmax_with_ties_first():
+  s = _logits(22, (4, 5))
+  t = np.array([[1, 3, 3, 0, 0], [2, 2, 2, 2, 2], [0, 0, 0, 0, 9], [-1, 5, 0, 5, 5]], np.float32)
+  np.testing.assert_allclose(losses.hard_label_distillation(s, t),
+                             losses.cross_entropy(s, np.array([1, 0, 4, 1])), rtol=1e-6)
+
+
+def test_hard_label_distillation_class_mask_equals_slicing():
+  s, t = _logits(23, (6, 8)), _logits(24, (6, 8))
+  keep = np.array([1, 0, 1, 1, 0, 1, 1, 0], bool)
+  np.testing.assert_allclose(losses.hard_label_distillation(s, t, where=keep),
+                             losses.hard_label_distillation(s[:, keep], t[:, keep]), rtol=1e-6)
+  rows = np.array([True, False, True, True, False, True])
+  out = losses.hard_label_distillation(s, t, where=rows[:, None])
+  np.testing.assert_allclose(out[rows], losses.hard_label_distillation(s[rows], t[rows]),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(out[~rows], 0.0)
+
+
+def test_hard_label_distillation_grads_reach_the_student_only():
+  s, t = _logits(25, (3, 5), 1.0), _logits(26, (3, 5), 1.0)
+  check_grads(lambda s: jnp.sum(losses.hard_label_distillation(s, t)), (s,), order=2,
+              modes=['rev'], atol=1e-2, rtol=1e-2)
+  np.testing.assert_array_equal(
+      jax.grad(lambda t: jnp.sum(losses.hard_label_distillation(s, t)))(t), 0.0)
+  # d/ds = softmax(s) - onehot(argmax t).
+  expected = special.softmax(np.float64(s), -1) - np.eye(5)[np.argmax(t, -1)]
+  np.testing.assert_allclose(
+      jax.grad(lambda s: jnp.sum(losses.hard_label_distillation(s, t)))(s), expected,
+      rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float16, jnp.bfloat16])
+def test_hard_label_distillation_low_precision_computes_in_float32(dtype):
+  s, t = _logits(27, (4, 6)), _logits(28, (4, 6))
+  out = losses.hard_label_distillation(s.astype(dtype), t.astype(dtype))
+  assert out.dtype == jnp.float32
+
+
+def test_hard_label_distillation_bad_inputs_name_the_argument():
+  with pytest.raises(ValueError, match='teacher_logits'):
+    losses.hard_label_distillation(jnp.zeros((3, 4)), jnp.zeros((3, 5)))
+  with pytest.raises(ValueError, match='student_logits'):
+    losses.hard_label_distillation(jnp.zeros((3, 4), jnp.int32), jnp.zeros((3, 4)))
+
+
+@hypothesis.given(_finite_logits, _finite_logits, st.floats(-50, 50, width=32),
+                  st.sampled_from([0.25, 0.5, 2.0, 8.0]))
+def test_hard_label_distillation_properties(s, t, shift, scale):
+  loss = np.asarray(losses.hard_label_distillation(s, t))
+  assert np.all(loss >= 0)
+  # Invariant to shifting the student's logits and to scaling the teacher's (exactly, by a
+  # power of two, so no two teacher logits merge in rounding).
+  np.testing.assert_allclose(losses.hard_label_distillation(s + shift, t * scale),
+                             loss, rtol=1e-3, atol=1e-3)
+  # Never below the student's own CE on its argmax (the most likely class).
+  np.testing.assert_array_less(losses.hard_label_distillation(s, s) - 1e-5, loss)
+
+
 # --------------------------------------------------------------------- hinton_kd
 
 def test_hinton_kd_matches_reference():
