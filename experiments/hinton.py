@@ -1,4 +1,4 @@
-"""Hinton KD on MNIST-1D: teacher, scratch student, KD student, transfer-set KD student.
+"""Hinton KD on MNIST-1D: teacher, scratch, KD and transfer-set KD students, and its controls.
 
 Usable from a notebook::
 
@@ -22,6 +22,7 @@ from kdjax import runs
 from kdjax import steps
 
 
+TRANSFER_STAGES = ('transfer', 'transfer_labels', 'transfer_hard')
 COLUMNS = ('run', 'model', 'params', 'train data', 'test accuracy', 'agreement w/ teacher',
            'steps', 'wall time (s)')
 
@@ -43,7 +44,7 @@ def run(config) -> list[dict]:
   teacher_ckpt = os.path.join(teacher_dir, 'checkpoints')
   common = dict(eval_data=test_src, batch_size=config.batch_size, seed=config.seed,
                 progress=config.progress)
-  rows = []
+  rows, transfer = [], None
 
   def row(name, model_name, result, train_name, num_steps):
     rows.append({
@@ -78,22 +79,33 @@ def run(config) -> list[dict]:
           desc='student (KD)', **common)
       row(f'KD student (tau={config.kd.temperature:g}, alpha={config.kd.alpha:g})',
           config.student.model, res, 'labeled train', config.student.num_steps)
-    elif stage == 'transfer':
-      t0 = time.perf_counter()
-      transfer = kdata.transfer_set(config.dataset, num_samples=config.transfer.num_samples,
-                                    seed=config.transfer.seed, data_dir=data_dir)
-      print(f'Transfer set: {len(transfer)} unlabeled inputs ({time.perf_counter() - t0:.1f}s).')
+    elif stage in TRANSFER_STAGES:
+      if transfer is None:
+        t0 = time.perf_counter()
+        kw = dict(num_samples=config.transfer.num_samples, seed=config.transfer.seed,
+                  data_dir=data_dir)
+        transfer = {False: kdata.transfer_set(config.dataset, **kw),
+                    True: kdata.transfer_set(config.dataset, labeled=True, **kw)}
+        print(f'Transfer set: {len(transfer[False])} inputs ({time.perf_counter() - t0:.1f}s).')
+      objective, labeled, name = {
+          'transfer': ((steps.soft_kd(1.0, temperature=config.transfer.temperature),), False,
+                       f'KD student, transfer set (tau={config.transfer.temperature:g})'),
+          'transfer_labels': ((steps.task_ce(),), True, 'student, transfer set, true labels'),
+          'transfer_hard': ((steps.hard_kd(),), False,
+                            "student, transfer set, teacher's hard labels")}[stage]
+      needs_teacher = not labeled
       res = runs.train_and_evaluate(
-          student, train_data=transfer, num_steps=config.transfer.num_steps,
-          learning_rate=config.transfer.learning_rate,
-          terms=(steps.soft_kd(1.0, temperature=config.transfer.temperature),),
-          teacher=teacher, teacher_checkpoint=teacher_ckpt,
-          workdir=os.path.join(config.workdir, 'transfer'), desc='student (transfer KD)',
-          **common)
-      row(f'KD student, transfer set (tau={config.transfer.temperature:g})',
-          config.student.model, res, f'{len(transfer):,} unlabeled', config.transfer.num_steps)
+          student, train_data=transfer[labeled], num_steps=config.transfer.num_steps,
+          learning_rate=config.transfer.learning_rate, terms=objective,
+          teacher=teacher if needs_teacher else None,
+          teacher_checkpoint=teacher_ckpt if needs_teacher else None,
+          workdir=os.path.join(config.workdir, stage), desc=f'student ({stage})', **common)
+      row(name, config.student.model, res,
+          f'{len(transfer[labeled]):,} ' + ('labeled' if labeled else 'unlabeled'),
+          config.transfer.num_steps)
     else:
-      raise ValueError(f'Unknown stage {stage!r}; known: teacher, scratch, kd, transfer.')
+      raise ValueError(f'Unknown stage {stage!r}; known: teacher, scratch, kd, '
+                       f'{", ".join(TRANSFER_STAGES)}.')
   report.write_table(rows, COLUMNS, os.path.join(config.workdir, 'summary'),
                      title=f'Hinton KD on {config.dataset} (seed {config.seed}, '
                      f'{jax.default_backend()})')

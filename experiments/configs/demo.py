@@ -2,8 +2,11 @@
 
 Stages: a 1D-CNN teacher, an MLP student from scratch, the same student with
 KD on the labeled set, and with KD on an unlabeled transfer set of generated
-MNIST-1D inputs (Hinton's original setup). Runs in a few minutes on 2 CPU
-cores. ``--config experiments/configs/demo.py:long`` trains longer, with more
+MNIST-1D inputs (Hinton's original setup); then the two controls of that
+last run, on the same inputs for the same steps: their true labels, and the
+teacher's hard labels. Runs in a few minutes on 2 CPU cores. The multi-seed
+version, with settings tuned on validation data, is
+``experiments/configs/transfer.py``. ``--config experiments/configs/demo.py:long`` trains longer, with more
 transfer data; ``:quick`` is a smoke run.
 """
 
@@ -17,7 +20,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c.workdir = 'runs/demo'
   c.fresh = False          # True: delete the workdir first (no resume)
   c.seed = 0
-  c.stages = ('teacher', 'scratch', 'kd', 'transfer')
+  c.stages = ('teacher', 'scratch', 'kd', 'transfer', 'transfer_labels', 'transfer_hard')
   c.batch_size = 100
   c.progress = True
 

@@ -3,9 +3,10 @@
 ``python -m experiments.run --config experiments/configs/detection.py``: 32 px
 canvases, batch 16, 1500 steps, 3 seeds; training took 1496 s in all
 (``setup.json`` ``train_seconds``, 15 runs; 29 min wall on 2 shared cores).
-``compiled=False`` (a jitted call per step) because a short measurement
-(``results/detection/step_speed.json``) found ``lax.scan`` chunks 15-35x
-slower for these convolutional steps on XLA:CPU. ``:quick`` is a smoke run on
+``compiled=False`` (a jitted call per step) because the measurement of
+``python -m experiments.bench.dense`` (``results/detection/step_speed.json``,
+quoted in the results) found ``lax.scan`` chunks many times slower for these
+convolutional steps on XLA:CPU. ``:quick`` is a smoke run on
 tiny models and a few steps.
 """
 

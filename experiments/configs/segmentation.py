@@ -3,9 +3,10 @@
 ``python -m experiments.run --config experiments/configs/segmentation.py``:
 32 px canvases, batch 16, 900 steps, 3 seeds; training took 1398 s in all
 (``setup.json`` ``train_seconds``, 15 runs; 25 min wall on 2 shared cores).
-``compiled=False`` (a jitted call per step): a short measurement
-(``results/segmentation/step_speed.json``) found ``lax.scan`` chunks 22x
-slower for the student's step on XLA:CPU. 900 steps is what fitted the time
+``compiled=False`` (a jitted call per step): the measurement of
+``python -m experiments.bench.dense`` (``results/segmentation/step_speed.json``,
+quoted in the results) found ``lax.scan`` chunks many times slower for these
+convolutional steps on XLA:CPU. 900 steps is what fitted the time
 budget: the students are still far from the teacher. ``:quick`` is a smoke
 run on tiny models and a few steps.
 """

@@ -1,0 +1,61 @@
+"""The transfer-set controls experiment and the demo that prints them."""
+
+import json
+import os
+
+import pytest
+
+from experiments import transfer
+from experiments.configs import transfer as transfer_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_method_has_its_grid_and_objective():
+  config = transfer_config.get_config()
+  assert len(transfer.grid(config, transfer.TRANSFER_KD)) == 9
+  assert [g['temperature'] for g in transfer.grid(config, transfer.SCRATCH)] == [None] * 3
+  assert transfer.terms(config, transfer.SCRATCH, None) is None
+  assert transfer.terms(config, transfer.TRUE_LABELS, None) is None
+  assert [t.name for t in transfer.terms(config, transfer.KD, None)] == ['ce', 'kd']
+  (soft,) = transfer.terms(config, transfer.TRANSFER_KD, 2.0)
+  assert soft.kwargs == {'temperature': 2.0} and not soft.labels
+  (hard,) = transfer.terms(config, transfer.HARD_LABELS, None)
+  assert hard.name == 'hard_kd' and not hard.labels
+
+
+def test_best_is_chosen_on_validation_accuracy_first_of_equals():
+  trials = [{'learning_rate': lr, 'validation_accuracy': a}
+            for lr, a in ((1e-3, 0.6), (3e-3, 0.8), (1e-2, 0.8))]
+  assert transfer.best(trials)['learning_rate'] == 3e-3
+
+
+def test_readme_quotes_the_committed_results_word_for_word():
+  with open(os.path.join(ROOT, 'experiments/results/transfer/records.json')) as f:
+    records = json.load(f)
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    readme = ' '.join(f.read().split())
+  assert transfer.readme_sentence(records) in readme
+  test = [r for r in records if r['phase'] == 'test']
+  assert len({r['seed'] for r in test}) >= 5
+
+
+@pytest.mark.long
+def test_quick_run_and_demo(quick_config, check_results, results, data_dir):
+  config = quick_config(transfer_config)
+  rows = transfer.run(config)
+  records = check_results(results / 'transfer_quick', transfer.COLUMNS, rows,
+                          ['transfer.png', 'transfer_tuning.png'])
+  assert [r['method'] for r in rows] == ['teacher', *transfer.METHODS]
+  tuning = [r for r in records if r['phase'] == 'tuning']
+  assert len(tuning) == 2 * 4 + 4  # 2 learning rates, x2 temperatures for transfer KD
+  from experiments import hinton
+  from experiments.configs import demo
+  demo_config = demo.get_config('quick')
+  demo_config.unlock()
+  demo_config.update(data_dir=data_dir, workdir=str(results / 'demo'), progress=False)
+  demo_config.teacher.num_steps = demo_config.student.num_steps = 5
+  demo_config.transfer.num_steps = 5
+  runs_ = [r['run'] for r in hinton.run(demo_config)]
+  assert runs_[-2:] == ['student, transfer set, true labels',
+                        "student, transfer set, teacher's hard labels"]
