@@ -29,9 +29,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+import optax
 
 from experiments import common
 from experiments import stats
+from experiments import tuning
+from experiments.takd import DATASETS
 from experiments.takd import load_data
 from kdjax import checkpoint
 from kdjax import cohort as kcohort
@@ -117,20 +120,26 @@ def fresh_workdir(config) -> None:
 # ----------------------------------------------------------------- cohorts
 
 class _Arch:
-  """One peer architecture: its module, forward function, optimizer and jitted init."""
+  """One peer architecture: its module, forward function, optimizer and jitted init.
 
-  def __init__(self, name: str, spec: Sequence[Any], num_steps: int, sample_x):
-    registry_name, kwargs, learning_rate = spec
+  ``learning_rate`` (default: the spec's) and ``weight_decay`` (> 0: AdamW,
+  decoupled weight decay, with the same cosine schedule) set the optimizer.
+  """
+
+  def __init__(self, name: str, spec: Sequence[Any], num_steps: int, sample_x,
+               learning_rate: Optional[float] = None, weight_decay: float = 0.0):
+    registry_name, kwargs, spec_lr = spec
     self.name = name
     self.registry_name = registry_name
     self.kwargs = dict(kwargs)
-    self.learning_rate = float(learning_rate)
+    self.learning_rate = float(spec_lr if learning_rate is None else learning_rate)
+    self.weight_decay = float(weight_decay)
     self.module = models.create(registry_name, 10, **self.kwargs)
     # One forward function and optimizer object per architecture: the train
     # states of every seed then share their static fields, so each jitted step
     # compiles once per experiment.
     self.forward = models.as_forward(self.module)
-    self.tx = runs.default_optimizer(self.learning_rate, num_steps)
+    self.tx = optimizer(self.learning_rate, num_steps, self.weight_decay)
     self.init = jit_init(self.module, sample_x)
     self.init_cohort = jax.jit(
         lambda keys: kcohort.init_cohort(self.forward, self.tx, keys, init_fn=self.init))
@@ -140,51 +149,137 @@ class _Arch:
     return TrainState.create(apply_fn=self.forward, variables=self.init(key), tx=self.tx)
 
 
+def optimizer(learning_rate: float, num_steps: int, weight_decay: float = 0.0):
+  """Adam with cosine decay (:func:`kdjax.runs.default_optimizer`); AdamW if ``weight_decay``.
+
+  AdamW (``optax.adamw``, Loshchilov & Hutter 2019) decays the weights by
+  ``lr_t · weight_decay`` per step, decoupled from the Adam moments, with the
+  same cosine-decayed ``lr_t``; it decays every parameter (biases too).
+  """
+  if not weight_decay:
+    return runs.default_optimizer(learning_rate, num_steps)
+  return optax.adamw(optax.cosine_decay_schedule(learning_rate, max(num_steps, 1)),
+                     weight_decay=weight_decay)
+
+
 def _build_cohort(archs: Sequence[_Arch], keys: jax.Array, unroll: bool):
   if len({a.name for a in archs}) == 1:  # one architecture: stacked peers
     return archs[0].init_cohort(keys), unroll
   return kcohort.CohortState.create(tuple(a.state(keys[k]) for k, a in enumerate(archs))), False
 
 
+def methods_of(config) -> list[dict]:
+  """The config's methods as ``{'name', 'kl_weight', 'label_smoothing', 'weight_decay'}``.
+
+  ``config.methods`` holds ``(name, kl_weight, label_smoothing, weight_decay)``
+  tuples; without it, :data:`METHODS` (independent peers and DML).
+
+  Examples:
+    >>> [m['name'] for m in methods_of({})]
+    ['independent', 'DML']
+  """
+  specs = config.get('methods') or [(n, w, 0.0, 0.0) for n, w in METHODS]
+  return [{'name': n, 'kl_weight': float(w), 'label_smoothing': float(ls),
+           'weight_decay': float(wd)} for n, w, ls, wd in specs]
+
+
+def _tuning_grid(config, method: Mapping[str, Any]) -> list[dict]:
+  axes = {'learning_rate': tuple(config.tuning.learning_rates)}
+  if method['weight_decay']:  # the method's decay is a grid too (its value is a flag)
+    axes['weight_decay'] = tuple(config.tuning.weight_decays)
+  return tuning.grid_of(**axes)
+
+
 def run(config) -> list[dict]:
-  """Trains every cohort with and without the mutual KL; writes results/<config.results>/."""
+  """Trains every cohort with each method; writes results/<config.results>/.
+
+  With ``config.tuning``, each (cohort, method)'s learning rate (and weight
+  decay, for a method with one) is first chosen on a validation split of the
+  training set (:mod:`experiments.tuning`), with the tuning seed; the chosen
+  setting is then trained on the full training split for every seed.
+  """
   fresh_workdir(config)
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
   train_src, test_src = load_data(config)
   sample_x = np.asarray(train_src[0]['x'])[None]
-  arch_cache: dict[str, _Arch] = {}
+  method_list = methods_of(config)
+  tuned = bool(config.get('tuning'))
+  if tuned:
+    fit_src, val_src = tuning.validation_sources(
+        train_src, fraction=config.tuning.fraction, seed=config.tuning.split_seed)
+  arch_cache: dict[Any, _Arch] = {}
 
-  def arch(name):
-    if name not in arch_cache:
-      arch_cache[name] = _Arch(name, config.archs[name], config.num_steps, sample_x)
-    return arch_cache[name]
+  def arch(name, learning_rate=None, weight_decay=0.0):
+    key = (name, learning_rate, weight_decay)
+    if key not in arch_cache:
+      arch_cache[key] = _Arch(name, config.archs[name], config.num_steps, sample_x,
+                              learning_rate, weight_decay)
+    return arch_cache[key]
 
   steps_cache: dict[Any, Callable] = {}
-  records, timings = [], []
+  timings = []
+
+  def train_cohort(cohort_name, peer_names, method, setting, seed, src, tag):
+    """Trains one cohort; returns ``(fit result, eval step, archs)``."""
+    archs = [arch(n, setting.get('learning_rate'), setting.get('weight_decay', 0.0))
+             for n in peer_names]
+    keys = jax.random.split(init_key(seed), len(archs))
+    cohort, unroll = _build_cohort(
+        archs, keys, unroll=config.unroll_conv and all(a.conv for a in archs))
+    step_key = (cohort_name, method['name'])
+    if step_key not in steps_cache:  # compiled once, reused over seeds
+      step = kcohort.make_cohort_step(temperature=config.temperature,
+                                      kl_weight=method['kl_weight'],
+                                      label_smoothing=method['label_smoothing'],
+                                      unroll_peers=unroll)
+      steps_cache[step_key] = jax.jit(kcohort.as_fit_step(step), donate_argnums=0)
+    if cohort_name not in steps_cache:
+      steps_cache[cohort_name] = jax.jit(kcohort.make_cohort_eval_step(unroll_peers=unroll))
+    hparams = {'cohort': [(a.registry_name, a.kwargs, a.learning_rate) for a in archs],
+               'kl_weight': method['kl_weight'], 'temperature': config.temperature,
+               'num_steps': config.num_steps, 'batch_size': config.batch_size,
+               'data_samples': config.data_samples}
+    # Only non-default settings enter the hash, so earlier runs' directories stay valid.
+    extra = {'label_smoothing': method['label_smoothing'],
+             'weight_decay': setting.get('weight_decay', 0.0),
+             'dataset': config.get('dataset', 'mnist1d'), 'data': tag}
+    hparams.update({k: v for k, v in extra.items() if v not in (0.0, 'mnist1d', 'train')})
+    name = f'{_slug(cohort_name)}_{_method_slug(method["name"])}'
+    fit = train_loop(cohort, steps_cache[step_key], src, num_steps=config.num_steps,
+                     batch_size=config.batch_size, seed=seed,
+                     # Tuning runs are not checkpointed (saving costs more than retraining).
+                     workdir=run_dir(config, seed, name, hparams) if tag == 'train' else None,
+                     progress=config.progress,
+                     desc=f'{cohort_name} {method["name"]} seed {seed} ({tag})')
+    timings.append(fit.seconds)
+    return fit, steps_cache[cohort_name], archs
+
+  # Tuning: per cohort and method, the setting with the best mean peer validation accuracy.
+  search, chosen = {}, {}
+  for cohort_name, peer_names in config.cohorts:
+    for method in method_list:
+      if not tuned:
+        chosen[(cohort_name, method['name'])] = {}
+        continue
+
+      def score(setting, cohort_name=cohort_name, peer_names=peer_names, method=method):
+        fit, eval_step, archs = train_cohort(cohort_name, peer_names, method, setting,
+                                             config.tuning.seed, fit_src, 'train_fit')
+        ev = kcohort.evaluate_cohort(eval_step, fit.state, eval_batches(val_src))
+        return float(np.mean([ev[f'accuracy/{i}'] for i in range(len(archs))]))
+
+      t = tuning.tune(_tuning_grid(config, method), score)
+      search[f'{cohort_name}: {method["name"]}'] = t
+      chosen[(cohort_name, method['name'])] = t['chosen']
+
+  records = []
   for seed in config.seeds:
     for cohort_name, peer_names in config.cohorts:
-      archs = [arch(n) for n in peer_names]
-      k = len(archs)
-      keys = jax.random.split(init_key(seed), k)
-      for method, kl_weight in METHODS:
-        cohort, unroll = _build_cohort(
-            archs, keys, unroll=config.unroll_conv and all(a.conv for a in archs))
-        if (cohort_name, method) not in steps_cache:  # compiled once, reused over seeds
-          step = kcohort.make_cohort_step(temperature=config.temperature, kl_weight=kl_weight,
-                                          unroll_peers=unroll)
-          steps_cache[(cohort_name, method)] = jax.jit(kcohort.as_fit_step(step),
-                                                       donate_argnums=0)
-        if cohort_name not in steps_cache:
-          steps_cache[cohort_name] = jax.jit(kcohort.make_cohort_eval_step(unroll_peers=unroll))
-        step_fn, eval_step = steps_cache[(cohort_name, method)], steps_cache[cohort_name]
-        hparams = {'cohort': [(a.registry_name, a.kwargs, a.learning_rate) for a in archs],
-                   'kl_weight': kl_weight, 'temperature': config.temperature,
-                   'num_steps': config.num_steps, 'batch_size': config.batch_size,
-                   'data_samples': config.data_samples}
-        fit = train_loop(cohort, step_fn, train_src, num_steps=config.num_steps,
-                         batch_size=config.batch_size, seed=seed,
-                         workdir=run_dir(config, seed, f'{_slug(cohort_name)}_{method}', hparams),
-                         progress=config.progress, desc=f'{cohort_name} {method} seed {seed}')
-        timings.append(fit.seconds)
+      for method in method_list:
+        fit, eval_step, archs = train_cohort(cohort_name, peer_names, method,
+                                             chosen[(cohort_name, method['name'])], seed,
+                                             train_src, 'train')
+        k = len(archs)
         test = kcohort.evaluate_cohort(eval_step, fit.state, eval_batches(test_src))
         train_eval = kcohort.evaluate_cohort(eval_step, fit.state, eval_batches(train_src))
         groups = [(f'mean of {k}', list(range(k)))]
@@ -193,7 +288,7 @@ def run(config) -> list[dict]:
                      for n in dict.fromkeys(a.name for a in archs)]
         for peer, idx in groups:
           records.append({
-              'seed': seed, 'cohort': cohort_name, 'peer': peer, 'method': method,
+              'seed': seed, 'cohort': cohort_name, 'peer': peer, 'method': method['name'],
               'peers': k, 'mean_row': peer.startswith('mean'),
               'accuracy': float(np.mean([test[f'accuracy/{i}'] for i in idx])),
               'nll': float(np.mean([test[f'loss/{i}'] for i in idx])),
@@ -212,12 +307,15 @@ def run(config) -> list[dict]:
       r['delta_ensemble'] = r['ensemble_accuracy'] - ind['ensemble_accuracy']
   out_dir = common.results_dir(config.results)
   common.save_records(json_records(records), os.path.join(out_dir, 'records.json'))
+  mode = config.get('mode', 'default' if config.results == 'dml' else 'quick')
+  facts = {'train_size': len(train_src), 'test_size': len(test_src),
+           'train_seconds': float(sum(timings))}
+  if tuned:
+    facts.update({'fit_size': len(fit_src), 'validation_size': len(val_src), 'tuning': search})
   setup = common.save_setup(
       out_dir, experiment='dml', config=config,
       command='python -m experiments.run --config experiments/configs/dml.py'
-      + ('' if config.results == 'dml' else ':quick'),
-      facts={'train_size': len(train_src), 'test_size': len(test_src),
-             'train_seconds': float(sum(timings))})
+      + ('' if mode == 'default' else f':{mode}'), facts=facts)
   return report(common.load_results(out_dir)[0], setup, out_dir)
 
 
@@ -239,6 +337,13 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       family.append((f'{cohort_name} ({peer}): DML vs independent, ensemble accuracy',
                      common.paired(records, {**sel, 'method': 'DML'},
                                    {**sel, 'method': 'independent'}, 'ensemble_accuracy')))
+  # Regularised baselines (label smoothing, weight decay): DML against each, peer accuracy.
+  extra = [m['name'] for m in methods_of(config) if m['name'] not in ('DML', 'independent')]
+  for b in extra:
+    for cohort_name, peer in groups:
+      sel = {'cohort': cohort_name, 'peer': peer}
+      family.append((f'{cohort_name} ({peer}): DML vs {b}, peer accuracy',
+                     common.paired(records, {**sel, 'method': 'DML'}, {**sel, 'method': b})))
   cmp = {c.name: c for c in stats.compare(family)}
   keys = ['cohort', 'peer', 'method']
   agg = common.aggregate(records, keys, ['accuracy', 'nll', 'train_accuracy',
@@ -268,9 +373,10 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   for r in agg:
     r['group'] = f"{r['cohort']}: {r['peer']}" if not r['peer'].startswith('mean') \
         else r['cohort']
+  dataset = DATASETS[config.get('dataset', 'mnist1d')]
   common.errorbar_plot(agg, x='group', metric='accuracy', series='method',
                        path=os.path.join(out_dir, 'dml_peers.png'),
-                       title='DML vs independent peers (MNIST-1D): peer test accuracy',
+                       title=f'DML vs independent peers ({dataset}): peer test accuracy',
                        xlabel='cohort (peer)')
   delta_rows = [{**d, 'group': f"{d['cohort']}: {d['peer']}" if not d['peer'].startswith('mean')
                  else d['cohort']} for d in deltas.values()]
@@ -303,14 +409,18 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       f"{c} {nll[(c, 'independent')]} → {nll[(c, 'DML')]}" for c in mean_verdicts) + '.'
   verdict = (summary + '. Mean peer accuracy, DML − independent: ' + '; '.join(lines) + '. '
              + nll_line)
+  if extra:
+    verdict += ' ' + _versus_regularised(cmp, groups, extra)
 
-  arch_lines = ', '.join(f'{n} = `{spec[0]}` {dict(spec[1])} (lr {float(spec[2]):g})'
+  tuned = bool(config.get('tuning'))
+  arch_lines = ', '.join(f'{n} = `{spec[0]}` {dict(spec[1])}'
+                         + ('' if tuned else f' (lr {float(spec[2]):g})')
                          for n, spec in config.archs.items()
                          if any(n in peers for _, peers in config.cohorts))
   mean_records = [r for r in records if r['mean_row']]
   resumed = sum(r['resumed'] for r in mean_records)
   notes = (
-      f'Setup: MNIST-1D ({facts["train_size"]} train / {facts["test_size"]} test). Peers: '
+      f'Setup: {dataset} ({facts["train_size"]} train / {facts["test_size"]} test). Peers: '
       f'{arch_lines}; Adam with cosine decay, {config.num_steps} steps, batch '
       f'{config.batch_size}. Each cohort '
       f'is trained with `kdjax.cohort.make_cohort_step(temperature={config.temperature:g}, '
@@ -324,16 +434,70 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       'all peers of a cohort, and for a mixed cohort each architecture separately. Ensemble: '
       'argmax of the mean of the peers\' probabilities. Train accuracy is measured on the full '
       'training set after training. Accuracies: mean ± std over seeds.\n\n'
+      + (_tuning_notes(config, facts, extra) if tuned or extra else '')
       + common.comparison_lines(list(cmp.values())) + '\n\n'
       'Plots: `dml_peers.png` (peer accuracy), `dml_delta.png` (the paired differences), '
       '`dml_ensemble.png` (ensemble accuracy). '
       f'Total training time of the runs {facts["train_seconds"]:.0f} s ({resumed} of '
       f'{len(mean_records)} runs restored from complete checkpoints in the workdir).')
   common.write_results(
-      config.results, rows, COLUMNS, title='Deep mutual learning vs independent peers (MNIST-1D)',
+      config.results, rows, COLUMNS, title=f'Deep mutual learning vs independent peers ({dataset})',
       finding=FINDING, verdict=verdict, command=setup['command'], notes=notes, out_dir=out_dir,
-      dataset='MNIST-1D', seeds=common.seeds_of(records))
+      dataset=dataset, seeds=common.seeds_of(records))
   return rows
+
+
+def _versus_regularised(cmp: Mapping[str, stats.Comparison], groups, extra) -> str:
+  """The verdict sentence on DML against the regularised independent baselines."""
+  parts = []
+  for cohort_name, peer in groups:
+    got = [(b, cmp[f'{cohort_name} ({peer}): DML vs {b}, peer accuracy']) for b in extra]
+    parts.append(f'{cohort_name} ({peer}): ' + '; '.join(f'vs {b} {stats.summary(c)}'
+                                                         for b, c in got))
+  means = [(c, p) for c, p in groups if p.startswith('mean')]
+  beats = [all(cmp[f'{c} ({p}): DML vs {b}, peer accuracy'].verdict == stats.BETTER
+               for b in extra) for c, p in means]
+  if all(beats):
+    head = ('Against the regularised independent baselines, DML\'s mean peer is better in '
+            'every cohort')
+  elif not any(beats):
+    head = ('Against the regularised independent baselines, DML\'s mean peer is not better '
+            'than all of them in any cohort')
+  else:
+    head = ('Against the regularised independent baselines, DML\'s mean peer beats all of them '
+            'in ' + ', '.join(c for (c, _), b in zip(means, beats) if b) + ' only')
+  return head + '. DML − regularised baseline, peer accuracy: ' + ' | '.join(parts) + '.'
+
+
+def _tuning_notes(config, facts: Mapping[str, Any], extra: Sequence[str]) -> str:
+  """The notes on the regularised baselines and the validation search."""
+  text = ''
+  methods = {m['name']: m for m in methods_of(config)}
+  if extra:
+    text += ('Regularised baselines (independent peers, `kl_weight=0`): ' + '; '.join(
+        f'{b}: ' + ', '.join(
+            ([f'label smoothing {methods[b]["label_smoothing"]:g}']
+             if methods[b]['label_smoothing'] else [])
+            + (['decoupled weight decay (`optax.adamw`, same cosine schedule; decay tuned '
+                'below)'] if methods[b]['weight_decay'] else []))
+        for b in extra) + '. ')
+  if config.get('tuning'):
+    t = config.tuning
+    text += (
+        f'Hyperparameters were chosen on validation data, not test: '
+        f'`kdjax.data.validation_split(fraction={t.fraction:g}, seed={t.split_seed})` holds '
+        f'{facts["validation_size"]} of the {facts["train_size"]} training examples out '
+        '(stratified by label); for every cohort and method each setting below trained on the '
+        f'other {facts["fit_size"]} with seed {t.seed}, and the one with the best mean peer '
+        'validation accuracy (ties: the first) was then trained on the full training split '
+        'for every seed and evaluated on test once (one learning rate for all peers of a '
+        'cohort). Validation accuracy (mean peer) per setting:\n\n'
+        + tuning.tuning_lines(facts['tuning']) + '\n\n')
+  return text
+
+
+def _method_slug(name: str) -> str:
+  return name if name.isalnum() else _slug(name)
 
 
 def _slug(name: str) -> str:

@@ -1,5 +1,7 @@
 """Smoke tests of the dml / one / byot experiments' 'quick' modes (results go to tmp dirs)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,6 +72,29 @@ def test_dml_quick(quick_config, check_results, results):
       parts = [by[(seed, 'CNN1D + MLP', p, method)]['accuracy'] for p in ('CNN1D', 'MLP')]
       assert by[(seed, 'CNN1D + MLP', 'mean of 2', method)]['accuracy'] == pytest.approx(
           np.mean(parts))
+
+
+@pytest.mark.long
+@pytest.mark.slow
+def test_dml_digits_quick_tunes_on_validation(quick_config, check_results, results):
+  config = quick_config(dml_config, 'digits_quick')
+  rows = dml.run(config)
+  records = check_results(results / 'dml_digits_quick', dml.COLUMNS, rows,
+                          ['dml_peers.png', 'dml_delta.png', 'dml_ensemble.png'])
+  setup = json.loads((results / 'dml_digits_quick' / 'setup.json').read_text())
+  facts = setup['facts']
+  assert facts['fit_size'] + facts['validation_size'] == facts['train_size'] == 160
+  methods = [m[0] for m in config.methods]
+  assert {r['method'] for r in records} == set(methods)
+  lrs = list(config.tuning.learning_rates)
+  for cohort, _ in config.cohorts:
+    for name, _, _, wd in config.methods:
+      t = facts['tuning'][f'{cohort}: {name}']
+      assert len(t['grid']) == len(lrs) * (len(config.tuning.weight_decays) if wd else 1)
+      assert t['chosen'] == t['grid'][int(np.argmax(t['validation_accuracy']))]
+  md = (results / 'dml_digits_quick' / 'results.md').read_text()
+  assert 'DML vs independent + label smoothing 0.1, peer accuracy' in md
+  assert 'chosen on validation data' in md
 
 
 @pytest.mark.long

@@ -16,6 +16,11 @@ boxes or class maps instead of ``'label'``) are generated into ``data_dir`` on
 first use without network or TensorFlow; other TFDS
 datasets must already be prepared in array_record format unless
 ``download=True``.
+
+Validation data come out of ``train`` (the local ``train``/``test`` splits
+are fixed): ``fit_idx, val_idx = validation_split(src, fraction=0.1, seed=0)``
+(stratified by label), then ``src.subset(fit_idx)`` and ``src.subset(val_idx)``
+feed the usual pipelines.
 """
 
 # Augmentation.
@@ -63,3 +68,5 @@ from kdjax.data._sources import Source
 from kdjax.data._sources import tensorflow_available
 # Transfer sets.
 from kdjax.data._transfer import transfer_set
+# Validation sets held out of a training split.
+from kdjax.data._validation import validation_split

@@ -1,0 +1,118 @@
+"""Hyperparameters chosen on a validation split, never on test.
+
+The protocol every tuned experiment follows:
+
+1. hold a stratified validation set out of ``train``
+   (:func:`validation_sources`, :func:`kdjax.data.validation_split`);
+2. for each method, train every setting of a small grid on "train minus
+   validation" with one tuning seed and score it on the validation set
+   (:func:`tune`);
+3. pick the setting with the best validation accuracy (:func:`select`; ties
+   go to the earlier setting of the grid);
+4. train the chosen setting on the full ``train`` split for every seed and
+   evaluate on ``test`` once.
+
+The whole grid (settings and validation accuracies) goes into ``setup.json``
+(``facts['tuning']``), so the choice can be checked from the committed files
+and :func:`tuning_lines` prints it in the results.
+
+Examples:
+  >>> grid = [{'learning_rate': 3e-3}, {'learning_rate': 1e-2}]
+  >>> record = tune(grid, lambda s: {3e-3: 0.90, 1e-2: 0.93}[s['learning_rate']])
+  >>> record['chosen'], record['validation_accuracy']
+  ({'learning_rate': 0.01}, [0.9, 0.93])
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from kdjax import data as kdata
+
+
+def validation_sources(train_src: kdata.Source, *, fraction: float = 0.1,
+                       seed: int = 0) -> tuple[kdata.Source, kdata.Source]:
+  """``(train minus validation, validation)`` sources of ``train_src``.
+
+  Args:
+    train_src: the full training split.
+    fraction: the share of each class held out (:func:`kdjax.data.validation_split`).
+    seed: the split's seed.
+
+  Returns:
+    Two :class:`kdjax.data.Source` objects, split ``'train_fit'`` and
+    ``'validation'``, partitioning ``train_src``.
+  """
+  fit, val = kdata.validation_split(train_src, fraction=fraction, seed=seed)
+  return (train_src.subset(fit, split='train_fit'), train_src.subset(val, split='validation'))
+
+
+def grid_of(**axes: Sequence[Any]) -> list[dict]:
+  """The Cartesian product of named value lists, in order (the last axis varies fastest).
+
+  Examples:
+    >>> grid_of(learning_rate=(1e-3, 1e-2), weight_decay=(0.0,))
+    [{'learning_rate': 0.001, 'weight_decay': 0.0}, {'learning_rate': 0.01, 'weight_decay': 0.0}]
+  """
+  names = list(axes)
+  return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+
+
+def select(scores: Sequence[float]) -> int:
+  """The index of the best validation score; ties (and NaN) resolve to the earliest setting.
+
+  Raises:
+    ValueError: for an empty grid or one where every score is NaN.
+
+  Examples:
+    >>> select([0.90, 0.93, 0.93]), select([float('nan'), 0.5])
+    (1, 1)
+  """
+  s = np.asarray(scores, np.float64)
+  if s.size == 0 or np.all(np.isnan(s)):
+    raise ValueError(f'No finite validation score to select from: {list(scores)}.')
+  return int(np.nanargmax(s))  # the first maximum
+
+
+def tune(grid: Sequence[Mapping[str, Any]],
+         score: Callable[[dict], float]) -> dict[str, Any]:
+  """Scores every setting of ``grid`` and picks the best (:func:`select`).
+
+  Args:
+    grid: the settings, e.g. ``[{'learning_rate': 1e-2}, ...]``.
+    score: ``setting -> validation accuracy`` (train on train minus
+      validation with the tuning seed, evaluate on validation).
+
+  Returns:
+    ``{'grid': [...], 'validation_accuracy': [...], 'chosen': setting,
+    'chosen_index': i}``: the JSON record of the search.
+  """
+  settings = [dict(s) for s in grid]
+  scores = [float(score(dict(s))) for s in settings]
+  best = select(scores)
+  return {'grid': settings, 'validation_accuracy': scores, 'chosen': settings[best],
+          'chosen_index': best}
+
+
+def _format_setting(setting: Mapping[str, Any]) -> str:
+  short = {'learning_rate': 'lr', 'weight_decay': 'wd', 'label_smoothing': 'ls'}
+  return ', '.join(f'{short.get(k, k)} {v:g}' if isinstance(v, (int, float)) else f'{k} {v}'
+                   for k, v in setting.items())
+
+
+def tuning_lines(tuning: Mapping[str, Mapping[str, Any]]) -> str:
+  """A Markdown list of every search: the grid with its validation accuracies and the choice.
+
+  Examples:
+    >>> print(tuning_lines({'scratch': tune([{'learning_rate': 0.01}], lambda s: 0.9)}))
+    - scratch: lr 0.01 → 90.0% ⇒ **lr 0.01**
+  """
+  lines = []
+  for name, t in tuning.items():
+    tried = '; '.join(f'{_format_setting(s)} → {100 * a:.1f}%'
+                      for s, a in zip(t['grid'], t['validation_accuracy']))
+    lines.append(f'- {name}: {tried} ⇒ **{_format_setting(t["chosen"])}**')
+  return '\n'.join(lines)
