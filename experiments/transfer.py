@@ -29,12 +29,12 @@ Usable from a notebook::
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any, Mapping, Sequence
 
 from experiments import common
 from experiments import stats
+from experiments import tuning
 from experiments.dml import fresh_workdir
 from experiments.dml import run_dir
 from experiments.takd import load_data
@@ -63,19 +63,21 @@ FAMILY = ((TRANSFER_KD, HARD_LABELS), (TRANSFER_KD, TRUE_LABELS), (TRANSFER_KD, 
 def grid(config, method: str) -> list[dict]:
   """The settings tried for ``method``: learning rates (× temperatures for transfer KD)."""
   temps = config.grid.transfer_temperature if method == TRANSFER_KD else (None,)
-  return [{'learning_rate': float(lr), 'temperature': None if t is None else float(t)}
-          for lr, t in itertools.product(config.grid.learning_rate, temps)]
+  return tuning.grid_of(learning_rate=[float(v) for v in config.grid.learning_rate],
+                        temperature=[None if t is None else float(t) for t in temps])
 
 
-def best(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-  """The trial with the highest validation accuracy (the first of equals).
+def _best(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+  return trials[tuning.select([t['validation_accuracy'] for t in trials])]
 
-  Examples:
-    >>> best([{'lr': 1, 'validation_accuracy': 0.5}, {'lr': 2, 'validation_accuracy': 0.7},
-    ...       {'lr': 3, 'validation_accuracy': 0.7}])['lr']
-    2
-  """
-  return max(trials, key=lambda t: t['validation_accuracy'])  # max keeps the first maximum
+
+def _search(trials: Sequence[Mapping[str, Any]]) -> dict:
+  """``trials`` as a :func:`experiments.tuning.tune` record (for ``tuning_lines``)."""
+  settings = [{k: t[k] for k in ('learning_rate', 'temperature') if t[k] is not None}
+              for t in trials]
+  scores = [t['validation_accuracy'] for t in trials]
+  return {'grid': settings, 'validation_accuracy': scores,
+          'chosen': settings[tuning.select(scores)]}
 
 
 def terms(config, method: str, temperature) -> tuple | None:
@@ -158,7 +160,7 @@ def run(config) -> list[dict]:
                      **setting, 'validation_accuracy': float(res.metrics['accuracy']),
                      'seconds': float(res.seconds)})
     records += trials
-    chosen[method] = {k: best(trials)[k] for k in ('learning_rate', 'temperature')}
+    chosen[method] = {k: _best(trials)[k] for k in ('learning_rate', 'temperature')}
   for seed in config.seeds:
     teacher, t_ckpt, t_res = teacher_of(seed)
     records.append({'phase': 'test', 'method': 'teacher', 'seed': seed,
@@ -215,14 +217,14 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   """Writes the table, plot and verdict from the records alone; returns the table rows."""
   config, facts = common.config_of(setup), setup['facts']
   test = [r for r in records if r['phase'] == 'test']
-  tuning = [r for r in records if r['phase'] == 'tuning']
+  tried = [r for r in records if r['phase'] == 'tuning']
   cmp = comparisons(test)
   agg = common.aggregate(test, ['method'], ['test_accuracy'], percent=['test_accuracy'])
   rows = []
   for r in agg:
     method = r['method']
-    trials = [t for t in tuning if t['method'] == method]
-    pick = best(trials) if trials else {}
+    trials = [t for t in tried if t['method'] == method]
+    pick = _best(trials) if trials else {}
     c = cmp.get(f'{TRANSFER_KD} vs {method}')
     rows.append({
         **r, 'test accuracy': r['test_accuracy'],
@@ -239,18 +241,14 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   common.errorbar_plot(agg, x='method', metric='test_accuracy',
                        path=os.path.join(out_dir, 'transfer.png'),
                        title='Transfer-set controls, CNN1D -> MLP(100, 100) on MNIST-1D')
-  tuning_plot(tuning, os.path.join(out_dir, 'transfer_tuning.png'))
+  plot_tuning(tried, os.path.join(out_dir, 'transfer_tuning.png'))
   soft_hard = cmp[f'{TRANSFER_KD} vs {HARD_LABELS}']
   outcome = {stats.BETTER: 'Reproduced', stats.WORSE: 'Contradicted'}.get(
       soft_hard.verdict, 'Not reproduced')
   verdict = (
       f'{outcome}: soft targets vs the teacher\'s hard labels on the same transfer inputs '
       f'{stats.summary(soft_hard)}. ' + readme_sentence(records))
-  lines = '\n'.join(
-      f'- {m}: ' + ', '.join(
-          f'lr {t["learning_rate"]:g}' + (f' τ {t["temperature"]:g}' if t['temperature'] else '')
-          + f' → {100 * t["validation_accuracy"]:.1f}%' for t in tuning if t['method'] == m)
-      for m in METHODS)
+  searches = {m: _search([t for t in tried if t['method'] == m]) for m in METHODS}
   notes = (
       f'Setup: MNIST-1D ({facts["train_size"]} labeled train / {facts["test_size"]} test); '
       f'transfer inputs: {facts["transfer_size"]:,} generated with seed '
@@ -262,7 +260,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       f'τ = {config.kd.temperature:g} (the demo\'s, not tuned). The Δ column is transfer KD '
       f'minus that row, so "better" means transfer KD is better.\n\n'
       f'Tuning (seed {config.tuning_seed}, validation accuracy per grid point; the best is '
-      f'used for every seed):\n\n{lines}\n\n'
+      f'used for every seed):\n\n{tuning.tuning_lines(searches)}\n\n'
       + common.comparison_lines(list(cmp.values()))
       + '\n\nPlots: `transfer.png`, `transfer_tuning.png`. Raw numbers: `records.json`.')
   common.write_results(
@@ -273,12 +271,12 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   return rows
 
 
-def tuning_plot(tuning: Sequence[Mapping[str, Any]], path: str) -> None:
+def plot_tuning(tried: Sequence[Mapping[str, Any]], path: str) -> None:
   """Validation accuracy against the learning rate, one line per method (and τ)."""
   series = [dict(t, series=t['method'] + (f' τ={t["temperature"]:g}' if t['temperature'] else ''),
                  validation_accuracy_mean=t['validation_accuracy'], validation_accuracy_std=0.0)
-            for t in tuning]
+            for t in tried]
   common.errorbar_plot(series, x='learning_rate', metric='validation_accuracy', path=path,
                        series='series', xscale='log', xlabel='peak learning rate',
                        ylabel='validation accuracy (%)',
-                       title=f'Tuning runs (seed {tuning[0]["seed"]})' if tuning else '')
+                       title=f'Tuning runs (seed {tried[0]["seed"]})' if tried else '')

@@ -8,6 +8,7 @@ import pytest
 from experiments import transfer
 from experiments.configs import transfer as transfer_config
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,10 +25,17 @@ def test_every_method_has_its_grid_and_objective():
   assert hard.name == 'hard_kd' and not hard.labels
 
 
-def test_best_is_chosen_on_validation_accuracy_first_of_equals():
-  trials = [{'learning_rate': lr, 'validation_accuracy': a}
-            for lr, a in ((1e-3, 0.6), (3e-3, 0.8), (1e-2, 0.8))]
-  assert transfer.best(trials)['learning_rate'] == 3e-3
+def test_the_tuning_trials_are_searched_like_experiments_tuning():
+  trials = [{'learning_rate': lr, 'temperature': t, 'validation_accuracy': a}
+            for lr, t, a in ((1e-3, 2.0, 0.6), (3e-3, 2.0, 0.8), (1e-2, 2.0, 0.8))]
+  search = transfer._search(trials)  # pylint: disable=protected-access
+  assert search['chosen'] == {'learning_rate': 3e-3, 'temperature': 2.0}  # first of equals
+  assert transfer._best(trials) is trials[1]  # pylint: disable=protected-access
+  # Grid order: learning rate outer, temperature inner.
+  config = transfer_config.get_config()
+  assert [(g['learning_rate'], g['temperature']) for g in
+          transfer.grid(config, transfer.TRANSFER_KD)[:4]] == [
+              (1e-3, 1.0), (1e-3, 2.0), (1e-3, 4.0), (3e-3, 1.0)]
 
 
 def test_readme_quotes_the_committed_results_word_for_word():
