@@ -6,8 +6,8 @@ MNIST-1D inputs (Hinton's original setup); then the two controls of that
 last run, on the same inputs for the same steps: their true labels, and the
 teacher's hard labels. Runs in a few minutes on 2 CPU cores. The multi-seed
 version, with settings tuned on validation data, is
-``experiments/configs/transfer.py``. ``--config experiments/configs/demo.py:long`` trains longer, with more
-transfer data; ``:quick`` is a smoke run.
+``experiments/configs/transfer.py``. ``--config experiments/configs/demo.py:long``
+trains longer, with more transfer data; ``:quick`` is a smoke run.
 """
 
 import ml_collections
