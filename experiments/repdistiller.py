@@ -189,6 +189,26 @@ def write(config, records: list[dict]) -> list[dict]:
   return report(*base.save(config, records))
 
 
+def zero_spread_note(family) -> str:
+  """A caveat for each significant comparison whose per-seed differences are all equal.
+
+  With zero spread the paired t gives p = 0 (:func:`experiments.stats.paired_t`), so
+  such a verdict rests on the seeds agreeing exactly, not on an estimated spread.
+
+  Examples:
+    >>> zero_spread_note(stats.compare({'A vs B': [0.011, 0.011, 0.011]}))
+    ' A vs B: its 3 per-seed differences are all +1.1 points; with zero spread the paired t gives p = 0, so this verdict rests on the seeds agreeing exactly, not on an estimated spread.'
+    >>> zero_spread_note(stats.compare({'A vs B': [0.01, 0.02, 0.03]}))
+    ''
+  """  # noqa: E501
+  notes = [f' {c.name}: its {c.n} per-seed differences are all {stats.format_delta(c)} points; '
+           'with zero spread the paired t gives p = 0, so this verdict rests on the seeds '
+           'agreeing exactly, not on an estimated spread.'
+           for c in family if c.verdict in (stats.BETTER, stats.WORSE)
+           and len(set(c.diffs)) == 1]
+  return ''.join(notes)
+
+
 def _verdict(rows: list[dict], cmp: dict) -> str:
   def vs(r, baseline):
     return cmp[f'{base.label_of(r, KEYS)} vs {baseline}']
@@ -221,7 +241,7 @@ def _verdict(rows: list[dict], cmp: dict) -> str:
               and r['method'] != 'CRD+KD')
     text += (f' CRD {"is" if top else "is not"} the nominal best of the methods without KD; vs '
              f'KD {stats.summary(vs(crd, "KD"))}.')
-  return text
+  return text + zero_spread_note(cmp.values())
 
 
 def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:

@@ -1,7 +1,8 @@
-"""Transformer distillation (MobileBERT-style) on MNIST-1D tokens: does layer transfer help?
+"""Transformer distillation (MobileBERT-style) on token sequences: does layer transfer help?
 
-Per seed, a 4-block transformer teacher (width 128, 4 heads) is trained with
-cross-entropy, then a thin student of the same depth and heads (width 32) is
+Per seed, a 4-block transformer teacher (by default width 128, 4 heads) is
+trained with cross-entropy, then a thin student of the same depth and heads
+(by default width 32) is
 trained four ways with the same number of updates, the same initialisation
 and the same data order:
 
@@ -16,7 +17,10 @@ and the same data order:
 
 Each student is compared with scratch, paired by seed (Holm-corrected). The
 test-set attention KL to the teacher (mean over layers and heads) shows
-whether the attention was transferred. Usable from a notebook::
+whether the attention was transferred. The inputs are token sequences: an
+MNIST-1D signal as 10 patches of 4 steps, or (``config.dataset = 'digits'``)
+an 8×8 digit as 8 row tokens of 8 pixels (:func:`kdjax.models.tokens_of`).
+Usable from a notebook::
 
     from experiments import transformer
     from experiments.configs import transformer as cfg
@@ -199,11 +203,30 @@ def run(config) -> list[dict]:
   setup = common.save_setup(
       out_dir, experiment='transformer', config=config,
       command='python -m experiments.run --config experiments/configs/transformer.py'
-      + ('' if config.results == 'transformer' else ':quick'),
+      + _mode_suffix(config),
       facts={'train_size': len(train_src), 'test_size': len(test_src),
              'train_seconds': float(sum(timings)), 'tokens': int(t_sample.features[
-                 'hidden0'].shape[1]), 'test_label_example': int(y_test[0])})
+                 'hidden0'].shape[1]), 'token_size': int(
+                     models.tokens_of(sample, config.patch).shape[-1]),
+             'test_label_example': int(y_test[0])})
   return report(common.load_results(out_dir)[0], setup, out_dir)
+
+
+def _mode_suffix(config) -> str:
+  """``''`` for the default run, else ``':<mode>'`` (configs without ``mode``: by results)."""
+  mode = config.get('mode') or ('default' if config.results == 'transformer' else 'quick')
+  return '' if mode == 'default' else f':{mode}'
+
+
+DATA_NAMES = {'mnist1d': 'MNIST-1D', 'digits': 'digits'}
+
+
+def _tokens_text(config, facts) -> str:
+  """How an input becomes tokens, for the setup notes."""
+  if config.dataset == 'digits':
+    return (f'each 8×8 image read as {facts["tokens"]} row tokens of '
+            f'{facts["token_size"]} pixels')
+  return f'each signal cut into {facts["tokens"]} tokens of {config.patch} steps'
 
 
 def plot_attention(records, path: str, layer: int) -> None:
@@ -237,6 +260,7 @@ def plot_attention(records, path: str, layer: int) -> None:
 def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   """Writes the table, plots and verdict from the records alone; returns the table rows."""
   config, facts = common.config_of(setup), setup['facts']
+  data = DATA_NAMES.get(config.dataset, config.dataset)
   cmp = common.versus_scratch(records, STUDENTS, {'accuracy': 'accuracy'})
   kl_cmp = {m: stats.compare([(m, common.paired(records, {'model': m}, {'model': 'scratch'},
                                                 'attention_kl'))])[0] for m in STUDENTS}
@@ -253,7 +277,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
                  'test NLL': r['nll'], 'params': params[r['model']]})
   common.errorbar_plot([r for r in agg], x='model', metric='accuracy',
                        path=os.path.join(out_dir, 'transformer_accuracy.png'),
-                       title='Transformer KD on MNIST-1D: test accuracy (mean ± std)',
+                       title=f'Transformer KD on {data}: test accuracy (mean ± std)',
                        xlabel='model')
   depth = int(config.student['depth'])
   plot_attention(records, os.path.join(out_dir, 'transformer_attention.png'), layer=depth)
@@ -269,7 +293,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   final = int(config.num_steps) - depth * int(config.stage_steps)
   notes = (
       f'Setup: {config.dataset} ({facts["train_size"]} train / {facts["test_size"]} test), '
-      f'each signal cut into {facts["tokens"]} tokens of {config.patch} steps. '
+      f'{_tokens_text(config, facts)}. '
       f'`kdjax.models.Transformer` (pre-LN, learned positions, mean pool): teacher width '
       f'{t["width"]}, {t["depth"]} blocks, {t["heads"]} heads ({params["teacher"]} params), '
       f'{config.teacher_steps} steps at lr {config.teacher_lr:g}; student width {s["width"]}, '
@@ -285,6 +309,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       '(layer l\'s two terms; only block l, plus the embeddings in stage 1, is trained), then '
       f'{final} updates of logit KD on all parameters: the same {config.num_steps} updates in '
       'total. Accuracies: mean ± std over seeds.\n\n'
+      + (config.get('notes') + '\n\n' if config.get('notes') else '')
       + kl_line + '\n\n'
       + common.comparison_lines(list(cmp.values())) + '\n\n'
       'Plots: `transformer_accuracy.png` (test accuracy), `transformer_attention.png` and '
@@ -293,7 +318,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       f'per head). Total training time {facts["train_seconds"]:.0f} s.')
   common.write_results(
       config.results, rows, COLUMNS, title='Transformer distillation (MobileBERT-style, '
-      'MNIST-1D tokens)', finding=FINDING, verdict=verdict + ' ' + kl_line,
+      f'{data} tokens)', finding=FINDING, verdict=verdict + ' ' + kl_line,
       command=setup['command'], notes=notes, out_dir=out_dir, dataset=f'{config.dataset} '
       'as token sequences', seeds=common.seeds_of(records))
   return rows

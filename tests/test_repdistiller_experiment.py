@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from experiments import repdistiller
+from experiments import stats
 from experiments.configs import repdistiller as repdistiller_config
 from kdjax import losses
 
@@ -56,3 +57,14 @@ def test_repdistiller_quick(quick_config, check_results, results):
   md = (results / 'repdistiller_quick' / 'results.md').read_text()
   for method in set(config.methods) - {'scratch'}:
     assert f'- mnist1d, {method}, ' in md
+
+
+def test_zero_spread_note_flags_only_significant_equal_differences():
+  family = stats.compare({'A vs B': [0.011, 0.011, 0.011], 'C vs B': [0.01, 0.02, 0.03],
+                          'D vs B': [0.0, 0.0, 0.0]})
+  note = repdistiller.zero_spread_note(family)
+  # A's equal differences give p = 0 (a "better" verdict), which the note qualifies; C has a
+  # spread, and D's zero differences are "no significant difference": neither is flagged.
+  assert family[0].verdict == stats.BETTER and family[0].p == 0.0
+  assert note.startswith(' A vs B: its 3 per-seed differences are all +1.1 points')
+  assert 'C vs B' not in note and 'D vs B' not in note
