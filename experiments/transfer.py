@@ -249,6 +249,10 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       f'{outcome}: soft targets vs the teacher\'s hard labels on the same transfer inputs '
       f'{stats.summary(soft_hard)}. ' + readme_sentence(records))
   searches = {m: _search([t for t in tried if t['method'] == m]) for m in METHODS}
+  rates = sorted(float(v) for v in config.grid.learning_rate)
+  edge = [m for m, c in searches.items() if c['chosen']['learning_rate'] in (rates[0], rates[-1])]
+  edge_note = (f' The chosen learning rate lies at an end of the grid for {", ".join(edge)}: a '
+               'wider grid might move it.' if edge else '')
   notes = (
       f'Setup: MNIST-1D ({facts["train_size"]} labeled train / {facts["test_size"]} test); '
       f'transfer inputs: {facts["transfer_size"]:,} generated with seed '
@@ -260,7 +264,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       f'τ = {config.kd.temperature:g} (the demo\'s, not tuned). The Δ column is transfer KD '
       f'minus that row, so "better" means transfer KD is better.\n\n'
       f'Tuning (seed {config.tuning_seed}, validation accuracy per grid point; the best is '
-      f'used for every seed):\n\n{tuning.tuning_lines(searches)}\n\n'
+      f'used for every seed).{edge_note}\n\n{tuning.tuning_lines(searches)}\n\n'
       + common.comparison_lines(list(cmp.values()))
       + '\n\nPlots: `transfer.png`, `transfer_tuning.png`. Raw numbers: `records.json`.')
   common.write_results(
