@@ -37,6 +37,18 @@ DIGITS_NOTES = (
     'test numbers were seen.')
 
 
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  """Tiny models, data and step counts: the smoke runs of either dataset."""
+  c.seeds = (0, 1)
+  c.data_samples = 200
+  c.batch_size = 20
+  c.teacher_steps = 10
+  c.num_steps = 12
+  c.stage_steps = 2
+  c.teacher = {'width': 8, 'depth': 2, 'heads': 2}
+  c.student = {'width': 4, 'depth': 2, 'heads': 2}
+
+
 def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = 'transformer'
@@ -68,14 +80,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   if mode == 'quick':
     c.results = 'transformer_quick'
     c.workdir = 'runs/transformer_quick'
-    c.seeds = (0, 1)
-    c.data_samples = 200
-    c.batch_size = 20
-    c.teacher_steps = 10
-    c.num_steps = 12
-    c.stage_steps = 2
-    c.teacher = {'width': 8, 'depth': 2, 'heads': 2}
-    c.student = {'width': 4, 'depth': 2, 'heads': 2}
+    _smoke(c)
   elif mode in ('digits', 'digits_quick'):
     c.dataset = 'digits'
     c.results = f'transformer_{mode}'
@@ -91,14 +96,7 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
     c.student = {'width': 8, 'depth': 4, 'heads': 4}
     c.notes = DIGITS_NOTES
     if mode == 'digits_quick':
-      c.seeds = (0, 1)
-      c.data_samples = 200           # the first 160 train / 40 test records
-      c.batch_size = 20
-      c.teacher_steps = 10
-      c.num_steps = 12
-      c.stage_steps = 2
-      c.teacher = {'width': 8, 'depth': 2, 'heads': 2}
-      c.student = {'width': 4, 'depth': 2, 'heads': 2}
+      _smoke(c)                      # digits: the first 160 train / 40 test records
   elif mode != 'default':
     raise ValueError(f"Unknown transformer mode {mode!r}; use 'default', 'quick', 'digits' "
                      "or 'digits_quick'.")
