@@ -270,7 +270,7 @@ def speed_note(out_dir: str) -> str:
   parts = [f'{s["model"]} {"scanned" if s["compiled"] else "per step"}: '
            f'{s["images_per_second"]:.0f} images/s ({s["ms_per_step"]:.0f} ms/step, batch '
            f'{s["batch_size"]}, {s["image_size"]} px)' for s in speed['steps']]
-  return ('Step speed measured before the run (`step_speed.json`: ' + speed['what'] + '): '
+  return (f'Step speed (`step_speed.json`, `{speed["script"]}`: ' + speed['what'] + '): '
           + '; '.join(parts) + '.\n\n')
 
 
