@@ -123,7 +123,8 @@ def test_dense_bench_output_is_what_the_experiments_quote(tmp_path):
            'steps': [_dense_row('teacher', False, 20.0), _dense_row('teacher', True, 400.0)]}
   (tmp_path / 'step_speed.json').write_text(json.dumps(speed))
   note = detection.speed_note(str(tmp_path))
-  assert note.startswith('Step speed (`step_speed.json`, `python -m experiments.bench.dense`: step time')
+  assert note.startswith(
+      'Step speed (`step_speed.json`, `python -m experiments.bench.dense`: step time')
   assert 'teacher per step: 800 images/s (20 ms/step, batch 16, 32 px)' in note
   assert 'teacher scanned: 40 images/s (400 ms/step' in note
   table = dense.markdown({'device': 'cpu', 'cpu_count': 2, 'load_average_start': 0.0,
