@@ -71,6 +71,23 @@ def test_train_loop_bench_rows(data_dir):
        'device': 'cpu', 'load_average_start': 0.0, 'load_average_end': 0.0})
 
 
+@pytest.mark.long
+@pytest.mark.slow
+def test_cache_bench_times_both_loops(data_dir):
+  from experiments.bench import cache
+  pair = cache.bench_pair('cnn1d→mlp', min_steps=2, min_seconds=0.0, rounds=1, num_batches=2,
+                          data_dir=data_dir)
+  assert [r['variant'] for r in pair['rows']] == [
+      'student only', 'live teacher', 'cached (full)', f'cached (top-{cache.TOPK})']
+  for r in pair['rows']:
+    assert r['steps_per_s'] > 0 and r['scan_steps_per_s'] > 0
+  assert pair['scan_cached_over_floor'] > 0
+  assert pair['cache_full_bytes'] >= 4000 * 10 * 4  # [N, C] float32 logits
+  table = cache.markdown({'pairs': [pair], 'matmul_peak_flop_per_s': 1e11, 'jax': '',
+                          'device': 'cpu', 'load_average_start': 0.0, 'load_average_end': 0.0})
+  assert table.count('| cnn1d→mlp |') == 5 and 'scan: steps/s' in table
+
+
 def test_train_loop_floor_loss_matches_hinton_kd():
   from experiments.bench import train_loop
   from kdjax import losses
