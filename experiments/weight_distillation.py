@@ -444,6 +444,15 @@ def report(records: list[dict], setup: dict, out: str) -> list[dict]:
                'grid might move it (the grids were fixed before the runs and not changed).'
                if edges else 'No chosen value lies at an end of its grid.')
   tn = config.tuning
+  widened = dict(tn.get('widened_from') or {})
+  if widened:
+    first = '; '.join(f'{axis} {tuple(float(v) for v in values)}'
+                      for axis, values in widened.items())
+    edge_note += (
+        f' Design change after a run: a first run searched the narrower grids {first}. '
+        'Choices sat at an end of them on validation, so each such axis got one more value '
+        'at that end and the run was repeated (settings already trained were restored); this '
+        'table is the repeated run. The change was decided from the validation choices only.')
   notes = (
       f'Setup: {dataset} ({facts["train_size"]} train / {facts["test_size"]} test), teacher '
       f'{t_label} ({config.teacher.num_steps} steps), student {s_label}; Adam with cosine '
