@@ -440,12 +440,13 @@ def report(records: list[dict], setup: dict, out: str) -> list[dict]:
       'Holm family).')
   resumed = sum(bool(r.get('resumed')) for r in records)
   edges = edge_choices(facts['tuning'])
-  edge_note = ('The chosen value lies at an end of its grid for ' + ', '.join(edges) + ': a wider '
-               'grid might move it (the grids were fixed before the runs and not changed).'
-               if edges else 'No chosen value lies at an end of its grid.')
   tn = config.tuning
   widened = dict(tn.get('widened_from') or {})
-  if widened:
+  edge_note = ('The chosen value lies at an end of its grid for ' + ', '.join(edges) + ': a wider '
+               'grid might move it.' if edges else 'No chosen value lies at an end of its grid.')
+  if not widened:
+    edge_note += ' The grids were fixed before the runs and not changed.'
+  else:
     first = '; '.join(f'{axis} {tuple(float(v) for v in values)}'
                       for axis, values in widened.items())
     edge_note += (

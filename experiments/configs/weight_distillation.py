@@ -15,11 +15,11 @@ seed, checkpointed in the workdir and restored on rerun) and evaluated on test
 once. The KD objective's α and τ are not tuned: they stay at ``c.kd`` for
 every distilled student.
 
-Design change after a run (MNIST-1D only): the first MNIST-1D run searched
-the narrower grids in ``c.tuning.widened_from``; several validation choices
-sat at an end of them, so each such axis got one more value at that end and
-the run was repeated (the report says so). The decision used the validation
-choices only. The digits grids were the widened ones before any digits run.
+Design change after a run: the first run of each dataset searched the
+narrower grids in ``c.tuning.widened_from``; several validation choices sat
+at an end of them, so each such axis got one more value at that end and the
+run was repeated (the report says so). The decision used the validation
+choices only.
 
 Modes:
   default: MNIST-1D, CNN1D(32) teacher -> CNN1D(8) student, 10 seeds.
@@ -82,7 +82,14 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
     c.student.model = ('mlp', {'hidden': (6, 6)})
     c.student.num_steps = 1000
     c.wd.phase1_steps = 300
-    c.tuning.widened_from = {}  # the digits grids were the widened ones from the start
+    # The digits grids: the default ones widened once more at the ends where the first digits
+    # run's validation choices sat (teacher: bottom; slice init + KD and WD: top).
+    c.tuning.widened_from = dict(teacher_learning_rates=c.tuning.teacher_learning_rates,
+                                 learning_rates=c.tuning.learning_rates,
+                                 phase1_learning_rates=c.tuning.phase1_learning_rates)
+    c.tuning.teacher_learning_rates = (1e-3, *c.tuning.teacher_learning_rates)
+    c.tuning.learning_rates = (*c.tuning.learning_rates, 3e-1)
+    c.tuning.phase1_learning_rates = (*c.tuning.phase1_learning_rates, 1e-1)
   if mode in ('quick', 'digits_quick'):
     c.results += '_quick'
     c.workdir += '_quick'
