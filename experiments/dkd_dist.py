@@ -33,7 +33,7 @@ from kdjax import losses
 from kdjax import steps
 
 
-COLUMNS = ('dataset', 'method', 'setting', 'seeds', *base.VS_KD_COLUMNS)
+COLUMNS = base.TUNED_VS_KD_COLUMNS
 KEYS = ('dataset', 'method', 'setting')
 
 

@@ -1,17 +1,23 @@
-"""Experiment 1: KD vs the same student from scratch, across temperatures τ and weights α.
+"""Experiment 1: KD vs the same student from scratch, with τ, α and the learning rate tuned.
 
-Finding tested (Hinton et al. 2015): *KD beats the
-same student trained from scratch.* For each dataset a teacher is trained
-once (seed ``config.teacher_seed``); for each student seed the student is
-trained from scratch and with ``α·CE + (1−α)·τ²·KL`` for every (τ, α) of the
-grid, with the same initialisation and data order as its scratch run, so
-the differences are paired by seed. Optionally (MNIST-1D) the student is also
-distilled on an unlabeled transfer set, where only the teacher's outputs
-are used (Hinton's original setup).
+Finding tested (Hinton et al. 2015): *KD beats the same student trained from
+scratch.* Protocol (:func:`run_tuned`, shared by experiments 6 and 7): every
+method's a-priori grid (scratch: learning rates; KD ``α·CE + (1−α)·τ²·KL``:
+learning rate × τ × α) is trained on train minus a stratified validation split
+with the tuning seed, distilling from a teacher trained on that same part, and
+scored on validation (:mod:`experiments.tuning`). The validation choice is then
+trained on the full train split for every evaluation seed, each seed with its
+own teacher (teacher ``i`` for student seed ``i``, trained once into
+``runs/kd_teachers``), and tested once. The scratch and KD runs of a seed share
+the student initialisation and data order, so differences are paired by seed.
+KD's test accuracy at every τ of the grid (each with its validation-best α and
+learning rate) is also shown, as an exploratory curve. Optionally (MNIST-1D)
+the student is distilled on an unlabeled transfer set (Hinton's original setup).
 
 The helpers here (:func:`load_data`, :func:`train_teacher`,
-:func:`train_student`, :func:`add_deltas`, :func:`summarise`) are shared by
-``experiments/topk.py`` and ``experiments/dkd_dist.py``.
+:func:`train_student`, :func:`run_tuned`, :func:`add_deltas`,
+:func:`summarise` ...) are shared by ``experiments/topk.py``,
+``experiments/dkd_dist.py`` and ``experiments/repdistiller.py``.
 
     from experiments import temperature
     from experiments.configs import temperature as cfg
@@ -48,6 +54,13 @@ CI_SCRATCH, VERDICT_SCRATCH = '95% CI vs scratch', 'verdict vs scratch'
 # The columns of experiments 6 and 7 (topk, dkd_dist): Holm p and verdict for both baselines.
 VS_KD_COLUMNS = (ACC, DELTA, CI_SCRATCH, VERDICT_SCRATCH, VS_KD, '95% CI vs KD', 'Holm p vs KD',
                  'verdict vs KD', AGREE)
+
+
+HOLM_SCRATCH = 'Holm p vs scratch'
+# The columns of the tuned experiments 6 and 7.
+TUNED_VS_KD_COLUMNS = ('dataset', 'method', 'setting', 'seeds', ACC, DELTA, CI_SCRATCH,
+                       HOLM_SCRATCH, VERDICT_SCRATCH, VS_KD, '95% CI vs KD', 'Holm p vs KD',
+                       'verdict vs KD', AGREE)
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -645,6 +658,9 @@ def tuned_vs_kd_report(records: list[dict], setup: dict, out_dir: str, *,
   """
   rows = summarise_vs_kd(records)
   cmp = compare_vs_kd(records, rows)
+  for row in rows:
+    c = cmp.get(f'{label_of(row, ("dataset", "method", "setting"))} vs scratch')
+    row[HOLM_SCRATCH] = stats.format_p(c.p_holm) if c else '-'
   config = common.config_of(setup)
   for dataset in config.datasets_run:
     sel = [dict(r, label=f"{r['method']}") for r in rows if r['dataset'] == dataset]
