@@ -633,7 +633,8 @@ def protocol_note(setup: Mapping[str, Any]) -> str:
           f'and the best validation accuracy (ties: the first setting) was then trained on the '
           f'full train split for every seed and evaluated on test once. Each evaluation seed has '
           f'its own student initialisation and data order, shared by all methods of that seed; '
-          f'{per_seed}. ')
+          f'{per_seed}. ' + (config.tuning.get('design_note', '') + ' '
+                             if config.tuning.get('design_note', '') else ''))
 
 
 def wall_note(records: Sequence[Mapping[str, Any]], setup: Mapping[str, Any]) -> str:
