@@ -814,9 +814,13 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
     val_best = kd['τ']
     same = ('the same τ' if test_best['τ'] == val_best else
             f'τ={test_best["τ"]} (where validation chose τ={val_best})')
+    rec = setup['facts']['tuning'][dataset]['KD']
+    ties = sum(a == max(rec['validation_accuracy']) for a in rec['validation_accuracy'])
+    tie_note = (f' ({ties} of {len(rec["grid"])} settings tie at the best validation accuracy; '
+                'ties go to the first of the grid)' if ties > 1 else '')
     text = (f'**{dataset}**, labeled set: **{word}**. The validation choice, KD with '
-            f'{kd["setting"]}: {kd[ACC]}% vs scratch {stats.summary(c)} ({c.wins}/{c.n} seeds '
-            f'above scratch). On the τ curve (each τ with its validation-best α and lr), the '
+            f'{kd["setting"]}{tie_note}: {kd[ACC]}% vs scratch {stats.summary(c)} ({c.wins}/{c.n} '
+            f'seeds above scratch). On the τ curve (each τ with its validation-best α and lr), the '
             f'highest mean test accuracy is at {same}; that is a test-set observation, not a '
             f'choice.')
     tr = [r for r in rows if r['dataset'] == dataset and r['method'] == 'KD (transfer set)']
@@ -832,10 +836,14 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
                        for d in config.datasets_run)
   tuned = {f'{d}: {m}': rec for d, recs in setup['facts']['tuning'].items()
            for m, rec in recs.items()}
+  transfer_note = (f'; on the transfer set α = 0 ({config.transfer.num_steps} steps). '
+                   if config.transfer.enabled else
+                   ' (KD on an unlabeled transfer set, Hinton\'s original setup, is tuned and '
+                   'tested with its controls in experiments/results/transfer). ')
   notes = (
       f'Teachers (test accuracy): {teacher_lines(records, setup)}. Students (Adam, cosine '
       f'decay, batch {config.batch_size}): {students}. The loss is α·CE + (1−α)·τ²·KL(p_T^τ‖'
-      f'p_S^τ); on the transfer set α = 0 ({config.transfer.num_steps} steps). '
+      f'p_S^τ)' + transfer_note
       + protocol_note(setup)
       + 'Rows marked "validation choice" are the settings chosen on validation; their '
       'comparisons with scratch form one Holm family, which the verdict uses. The other KD rows '
