@@ -11,16 +11,18 @@ whether each beats scratch (Hinton et al. 2015's finding for KD).
 
 Objectives (each paper's form; CE weight 1 as in both papers):
 
-* KD: ``α·CE + (1−α)·τ²·KL`` (α = 0.1, τ = 4, as in experiment 1);
+* KD: ``α·CE + (1−α)·τ²·KL`` (α tuned, τ fixed as in experiment 6);
 * DKD: ``CE + w(step)·(α_dkd·τ²·TCKD + β·τ²·NCKD)`` with the paper's linear
-  warm-up of the DKD weight ``w`` (a Term weight schedule);
+  warm-up of the DKD weight ``w`` (a Term weight schedule); β tuned;
 * DIST: ``CE + τ²·(β·inter + γ·intra)``, a scalar per batch (the step treats
-  it as a batch-level term).
+  it as a batch-level term); τ tuned.
+
+Every method's learning rate (and its own hyperparameter above) is chosen on a
+validation split of train (``experiments.temperature.run_tuned``); every
+evaluation seed has its own teacher, shared with experiments 1 and 6.
 """
 
 from __future__ import annotations
-
-import os
 
 import jax.numpy as jnp
 
@@ -31,7 +33,7 @@ from kdjax import losses
 from kdjax import steps
 
 
-COLUMNS = ('dataset', 'method', 'setting', 'seeds', *base.VS_KD_COLUMNS)
+COLUMNS = base.TUNED_VS_KD_COLUMNS
 KEYS = ('dataset', 'method', 'setting')
 
 
@@ -42,48 +44,41 @@ def warmup(steps_: int):
   return lambda step: jnp.minimum(step.astype(jnp.float32) / steps_, 1.0)
 
 
-def methods(config) -> list[tuple[str, str, tuple]]:
-  """``(method, setting, terms)`` for every compared objective (scratch: terms None)."""
-  out = [('scratch', '-', None),
-         ('KD', f'α={config.kd.alpha:g}, τ={config.kd.temperature:g}',
-          base.kd_terms(config.kd.alpha, config.kd.temperature))]
-  for d in config.dkd:
-    out.append(('DKD', f'α={d.alpha:g}, β={d.beta:g}, τ={d.temperature:g}', (
-        steps.task_ce(1.0),
-        steps.Term('dkd', losses.decoupled_kd, warmup(config.dkd_warmup_steps), labels=True,
-                   kwargs={'alpha': d.alpha, 'beta': d.beta, 'temperature': d.temperature}))))
-  for d in config.dist:
-    out.append(('DIST', f'β={d.beta:g}, γ={d.gamma:g}, τ={d.temperature:g}', (
-        steps.task_ce(1.0),
-        steps.Term('dist', losses.dist_loss, 1.0,
-                   kwargs={'beta': d.beta, 'gamma': d.gamma, 'temperature': d.temperature}))))
-  return out
+def methods(config, dataset: str = '') -> list[base.Method]:
+  """Scratch, KD, DKD and DIST, each with its a-priori grid."""
+  kd_tau, d, t = float(config.kd.temperature), config.dkd, config.dist
+  return [
+      base.Method('scratch', base.grid(config, {}), lambda s, setup: None),
+      base.Method('KD', base.grid(config, {'τ': (kd_tau,), 'α': config.kd.alphas}),
+                  lambda s, setup: base.kd_terms(s['α'], s['τ'])),
+      base.Method('DKD', base.grid(config, {'α': (d.alpha,), 'β': d.betas,
+                                            'τ': (d.temperature,)}),
+                  lambda s, setup: (steps.task_ce(1.0), steps.Term(
+                      'dkd', losses.decoupled_kd, warmup(config.dkd_warmup_steps), labels=True,
+                      kwargs={'alpha': s['α'], 'beta': s['β'], 'temperature': s['τ']}))),
+      base.Method('DIST', base.grid(config, {'β': (t.beta,), 'γ': (t.gamma,),
+                                             'τ': t.temperatures}),
+                  lambda s, setup: (steps.task_ce(1.0), steps.Term(
+                      'dist', losses.dist_loss, 1.0,
+                      kwargs={'beta': s['β'], 'gamma': s['γ'], 'temperature': s['τ']}))),
+  ]
 
 
-def collect(config) -> list[dict]:
-  """Trains every method for every dataset and seed; returns one record per run."""
-  return base.collect_vs_kd(config, lambda setup: methods(config))
+def collect(config) -> tuple[list[dict], dict]:
+  """Tunes every method on validation; trains the choices for every dataset and seed."""
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
+  return base.run_tuned(config, lambda ds: methods(config, ds))
 
 
-def write(config, records: list[dict]) -> list[dict]:
+def write(config, records: list[dict], facts: dict) -> list[dict]:
   """Writes records.json, setup.json, the table, plots and verdict; returns the table rows."""
-  return report(*base.save(config, records))
+  return report(*base.save_tuned(config, records, facts))
 
 
 def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   """Writes the table, plots and verdict from the records alone; returns the table rows."""
   config = common.config_of(setup)
-  rows = base.summarise_vs_kd(records)
-  cmp = base.compare_vs_kd(records, rows)
-  for dataset in config.datasets_run:
-    sel = [dict(r, label=f"{r['method']} {r['setting']}".strip(' -'))
-           for r in rows if r['dataset'] == dataset]
-    scratch = next(r for r in sel if r['method'] == 'scratch')
-    common.errorbar_plot([r for r in sel if r['method'] != 'scratch'], x='label',
-                         metric='accuracy', path=os.path.join(out_dir, f'{dataset}.png'),
-                         title=f'DKD and DIST vs KD on {dataset}',
-                         xlabel='objective',
-                         baselines={'scratch': scratch['accuracy_mean']})
+  rows, cmp = base.tuned_vs_kd_report(records, setup, out_dir, plot_title='DKD and DIST vs KD')
   verdicts = []
   for dataset in config.datasets_run:
     sel = [r for r in rows if r['dataset'] == dataset]
@@ -105,31 +100,30 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
                else 'neither DKD nor DIST is significantly better than KD')
     if below:
       summary += f"; significantly worse than KD: {', '.join(below)}"
-    verdicts.append(f"**{dataset}**: **{summary}**. KD {kd[base.ACC]}% (vs scratch "
-                    f"{stats.summary(vs(kd, 'scratch'))}). {'; '.join(parts)}.")
+    verdicts.append(f"**{dataset}**: **{summary}**. KD ({kd['setting']}) {kd[base.ACC]}% (vs "
+                    f"scratch {stats.summary(vs(kd, 'scratch'))}). {'; '.join(parts)}.")
+  method_note = (
+      'KD: α·CE + (1−α)·τ²·KL. DKD: CE + w·(α·τ²·TCKD + β·τ²·NCKD) with w warmed up '
+      f'linearly over the first {config.dkd_warmup_steps} steps (the paper warms up over 20 '
+      'epochs). DIST: CE + τ²·(β·inter + γ·intra), batch-level. Tuned on validation: every '
+      'learning rate, KD\'s α, DKD\'s β and DIST\'s τ; fixed (the setting column): KD\'s τ, '
+      'DKD\'s α and τ, DIST\'s β and γ (the papers\' CIFAR defaults). The family (one Holm '
+      'correction): every method vs scratch and DKD, DIST vs KD, paired by seed within its '
+      'dataset.')
   common.write_results(
       config.results, rows, COLUMNS,
-      title='DKD and DIST vs classic KD',
+      title='DKD and DIST vs classic KD, tuned on validation',
       finding='Their papers report beating KD (DKD: Zhao et al. '
       'CVPR 2022; DIST: Huang et al. NeurIPS 2022). The scratch column tests '
       'Hinton et al. (2015)\'s finding (KD-style distillation beats the same student from '
       'scratch) for them.',
       verdict=' '.join(verdicts), command=setup['command'], out_dir=out_dir,
       dataset=base.dataset_names(config), seeds=common.seeds_of(records),
-      notes=('KD: α·CE + (1−α)·τ²·KL. DKD: CE + w·(α·τ²·TCKD + β·τ²·NCKD) with w warmed up '
-             f'linearly over the first {config.dkd_warmup_steps} steps (the paper warms up '
-             'over 20 epochs). DIST: CE + τ²·(β·inter + γ·intra), batch-level. Settings are '
-             'the papers\' CIFAR defaults (DKD α=1, β=8, τ=4; DIST β=γ=1, τ=4) plus one '
-             'smaller β / τ each, not tuned here. Teachers, students and the paired-by-seed '
-             'design: experiments/results/temperature. Δ columns are paired differences '
-             '(percentage points); accuracies are mean ± std over seeds. Training time (sum over '
-             f'student runs): {sum(r["seconds"] for r in records):.0f} s. Raw numbers: '
-             'records.json; plots: <dataset>.png.\n\n'
-             + common.comparison_lines(list(cmp.values()))))
+      notes=base.vs_kd_notes(records, setup, cmp, method_note))
   return rows
 
 
 def run(config) -> list[dict]:
-  """Runs every method for every dataset and seed; writes the results."""
+  """Tunes and runs every method for every dataset and seed; writes the results."""
   base.fresh_results(config)
-  return write(config, collect(config))
+  return write(config, *collect(config))
