@@ -278,7 +278,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
            'branch_mean': 'ONE branch mean', 'branch_ensemble': 'ONE branches, mean p',
            'gated': 'ONE gated ens.'}
   plot_rows = [{**r, 'label': short.get(r['kind']) or (
-                   r['model'].replace(f'{net} + ', '+ ') if r['kind'] == 'regularised' else
+                   _short_regularised(r['model'], net) if r['kind'] == 'regularised' else
                    r['evaluated'].replace(' alone', '').replace('branch', 'ONE branch'))}
                for r in agg if r['kind'] != 'member']
   single_row = next(r for r in agg if r['kind'] == 'single')
@@ -341,6 +341,17 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       f'({dataset})', finding=FINDING, verdict=verdict, command=setup['command'], notes=notes,
       out_dir=out_dir, dataset=dataset, seeds=common.seeds_of(records))
   return rows
+
+
+def _short_regularised(model_name: str, net: str) -> str:
+  """A short plot label of a regularised baseline.
+
+  Examples:
+    >>> _short_regularised('CNN1D + label smoothing 0.1', 'CNN1D')
+    '+ LS 0.1'
+  """
+  return (model_name.replace(f'{net} + ', '+ ').replace('label smoothing', 'LS')
+          .replace(' weight decay', ''))
 
 
 def _architecture(config) -> str:
