@@ -1,16 +1,21 @@
-"""BYOT (be your own teacher) on MNIST-1D: exits, the deepest head, and early exit.
+"""BYOT (be your own teacher): exits, the deepest head, and early exit.
 
-Per seed: the 1-D CNN with an exit head after every conv layer
-(:func:`kdjax.models.byot_cnn1d`), trained with
+Per seed: a network with an exit head after every stage — the 1-D CNN on
+MNIST-1D (:func:`kdjax.models.byot_cnn1d`) or a small CIFAR ResNet on
+scikit-learn digits (:func:`kdjax.models.byot_resnet`) — trained with
 :func:`kdjax.online.make_byot_step` for each configured variant (BYOT with the
 feature term averaged over the embedding, BYOT with the paper's sum, and a
 control with the cross-entropy on every exit only: α = 0, λ = 0, i.e. deep
-supervision without self-distillation); and the same network without auxiliary
-heads (the zoo ``cnn1d``) trained alone. All runs of a seed share the data
-order. Reported: the test accuracy of every exit against the plain network,
-and the accuracy/compute trade-off of exiting at the first head whose
-confidence passes a threshold (:func:`experiments.early_exit.early_exit_table`, compute
-in XLA-counted FLOPs).
+supervision without self-distillation); the same network without auxiliary
+heads trained alone; and that plain network with each regularised baseline
+(label smoothing, AdamW weight decay: BYOT also regularises,
+:mod:`experiments.online_baselines`). All runs of a seed share the data order.
+Every method's learning rate (and the weight decay) is chosen on a validation
+split of the training set (:mod:`experiments.tuning`). Reported: the test
+accuracy of every exit against the plain network, the deepest exits against
+the regularised baselines, and the accuracy/compute trade-off of exiting at
+the first head whose confidence passes a threshold
+(:func:`experiments.early_exit.early_exit_table`, compute in XLA-counted FLOPs).
 
 Usable from a notebook::
 
@@ -28,33 +33,53 @@ import numpy as np
 
 from experiments import common
 from experiments import early_exit
+from experiments import online_baselines as ob
 from experiments import report as report_lib
 from experiments import stats
+from experiments import tuning
 from experiments.dml import eval_batches
 from experiments.dml import fresh_workdir
 from experiments.dml import init_key
 from experiments.dml import jit_init
 from experiments.dml import run_dir
 from experiments.dml import train_loop
+from experiments.takd import DATASETS
 from experiments.takd import load_data
 from kdjax import models
 from kdjax import online
-from kdjax import runs
 from kdjax import steps
 from kdjax import train
 from kdjax.state import TrainState
 
 
 DELTA = 'Δ vs plain (paired)'
-COLUMNS = ('model', 'exit', 'FLOPs vs plain CNN1D', 'test accuracy', DELTA, *stats.COLUMNS,
-           'test NLL', 'seeds')
-EXIT_COLUMNS = ('model', 'threshold', 'test accuracy', 'FLOPs vs plain CNN1D',
-                'FLOPs vs deepest exit', 'mean exit', 'exit shares (1/2/…)', 'seeds')
+FLOPS = 'FLOPs vs plain'
+COLUMNS = ('model', 'exit', FLOPS, 'test accuracy', DELTA, *stats.COLUMNS, 'test NLL', 'seeds')
+EXIT_COLUMNS = ('model', 'threshold', 'test accuracy', FLOPS, 'FLOPs vs deepest exit',
+                'mean exit', 'exit shares (1/2/…)', 'seeds')
+REG_COLUMNS = ('BYOT variant (deepest exit)', 'regularised baseline', 'Δ (paired)',
+               *stats.COLUMNS)
 FINDING = ('BYOT (Zhang et al. 2019): the shallow exits of a self-distilled '
            'network are usable classifiers (early exit trades little accuracy for much less '
            'compute), and the deepest head improves over the same network trained without '
            'auxiliary heads.')
-PLAIN = 'CNN1D, no aux heads (baseline)'
+
+
+def plain_name(config) -> str:
+  """The plain network's model name, e.g. ``'CNN1D, no aux heads (baseline)'``."""
+  return f'{ob.net_name(config)}, no aux heads (baseline)'
+
+
+def regularised_names(config) -> list[str]:
+  """The regularised baselines' model names, e.g. ``'CNN1D + label smoothing 0.1'``."""
+  return [f'{ob.net_name(config)} + {b["name"]}' for b in ob.regularised_of(config)]
+
+
+def byot_model(config):
+  """The BYOT model of the config (over the CNN1D or a CIFAR ResNet)."""
+  if config.get('net', 'cnn1d') == 'resnet':
+    return models.byot_resnet(10, depth=config.depth, widths=tuple(config.widths))
+  return models.byot_cnn1d(10, channels=config.channels, kernel_sizes=tuple(config.kernel_sizes))
 
 
 def _threshold_label(t: float) -> str:
@@ -62,57 +87,108 @@ def _threshold_label(t: float) -> str:
 
 
 def run(config) -> list[dict]:
-  """Trains the BYOT variants and the plain network; writes results/<config.results>/."""
+  """Tunes, then trains the BYOT variants and the plain networks; writes results."""
   fresh_workdir(config)
+  common.enable_compilation_cache(config.get('compilation_cache', ''))
   train_src, test_src = load_data(config)
+  fit_src, val_src = tuning.validation_sources(
+      train_src, fraction=config.tuning.fraction, seed=config.tuning.split_seed)
   sample_x = np.asarray(train_src[0]['x'])[None]
-  model_kw = dict(channels=config.channels, kernel_sizes=tuple(config.kernel_sizes))
-  byot_model = models.byot_cnn1d(10, **model_kw)
-  plain_model = models.create('cnn1d', 10, **model_kw)
-  byot_fwd, plain_fwd = models.as_forward(byot_model), models.as_forward(plain_model)
-  tx = runs.default_optimizer(config.learning_rate, config.num_steps)
-  byot_init, plain_init = jit_init(byot_model, sample_x), jit_init(plain_model, sample_x)
-  plain_step = jax.jit(steps.make_train_step(), donate_argnums=0)
+  model = byot_model(config)
+  plain_model = ob.plain_network(config)
+  byot_fwd, plain_fwd = models.as_forward(model), models.as_forward(plain_model)
+  txs = ob.Optimizers(config.num_steps)
+  byot_init, plain_init = jit_init(model, sample_x), jit_init(plain_model, sample_x)
+  plain_steps = {}
   plain_eval = jax.jit(steps.make_eval_step(plain_fwd))
   byot_eval = jax.jit(online.make_heads_eval_step(byot_fwd, feature='exit_logits'))
   byot_steps = {
       name: jax.jit(online.make_byot_step(alpha=alpha, temperature=tau, feature_weight=lam,
                                           feature_reduction=reduction), donate_argnums=0)
       for name, alpha, tau, lam, reduction in config.variants}
-  num_exits = byot_model.num_exits
+  num_exits = model.num_exits
   input_shape = (1,) + tuple(sample_x.shape[1:])
   plain_flops = models.flops(plain_model, input_shape)
-  exit_costs = early_exit.exit_flops(byot_model, input_shape)
+  exit_costs = early_exit.exit_flops(model, input_shape)
   common_hp = {'num_steps': config.num_steps, 'batch_size': config.batch_size,
-               'learning_rate': config.learning_rate, 'model': model_kw,
-               'data_samples': config.data_samples}
+               'model': ob.net_kwargs(config), 'data_samples': config.data_samples,
+               'dataset': config.get('dataset', 'mnist1d')}
   fit_kw = dict(num_steps=config.num_steps, batch_size=config.batch_size,
                 progress=config.progress)
   thresholds = tuple(float(t) for t in config.thresholds)
+  variants = {v[0]: v for v in config.variants}
+  timings = []
 
-  records, exit_records, timings = [], [], []
-  for seed in config.seeds:
-    state = TrainState.create(apply_fn=plain_fwd, variables=plain_init(init_key(seed)), tx=tx)
-    fit = train_loop(state, plain_step, train_src, seed=seed,
-                     workdir=run_dir(config, seed, 'plain', {**common_hp, 'seed': seed}),
-                     desc=f'plain seed {seed}', **fit_kw)
+  def train_plain(seed, setting, label_smoothing, src, tag, name):
+    if label_smoothing not in plain_steps:  # compiled once per label smoothing
+      plain_steps[label_smoothing] = jax.jit(
+          steps.make_train_step(label_smoothing=label_smoothing), donate_argnums=0)
+    state = TrainState.create(apply_fn=plain_fwd, variables=plain_init(init_key(seed)),
+                              tx=txs(setting))
+    hp = {**common_hp, **setting, 'seed': seed, 'label_smoothing': label_smoothing}
+    fit = train_loop(state, plain_steps[label_smoothing], src, seed=seed,
+                     # Tuning runs are not checkpointed (saving costs more than retraining).
+                     workdir=run_dir(config, seed, name, hp) if tag == 'train' else None,
+                     desc=f'{name} seed {seed} ({tag})', **fit_kw)
     timings.append(fit.seconds)
-    ev = train.evaluate(plain_eval, fit.state.variables, eval_batches(test_src))
-    records.append({'seed': seed, 'model': PLAIN, 'exit': 'output', 'exit_index': num_exits,
-                    'accuracy': ev['accuracy'], 'nll': ev['loss'], 'flops': plain_flops})
+    return fit
 
-    for name, alpha, tau, lam, reduction in config.variants:
-      # The same initialisation for every variant of a seed (one BYOT architecture).
-      state = TrainState.create(apply_fn=byot_fwd, variables=byot_init(init_key(seed)), tx=tx)
-      hp = {**common_hp, 'seed': seed, 'alpha': alpha, 'temperature': tau,
-            'feature_weight': lam, 'feature_reduction': reduction}
-      fit = train_loop(state, byot_steps[name], train_src, seed=seed,
-                       workdir=run_dir(config, seed, f'byot_{_slug(name)}', hp),
-                       desc=f'{name} seed {seed}', **fit_kw)
-      timings.append(fit.seconds)
-      variables = fit.state.variables
-      ev = online.evaluate_heads(byot_eval, variables, eval_batches(test_src), prefix='exit',
+  def train_byot(seed, setting, name, src, tag):
+    # The same initialisation for every variant of a seed (one BYOT architecture).
+    _, alpha, tau, lam, reduction = variants[name]
+    state = TrainState.create(apply_fn=byot_fwd, variables=byot_init(init_key(seed)),
+                              tx=txs(setting))
+    hp = {**common_hp, **setting, 'seed': seed, 'alpha': alpha, 'temperature': tau,
+          'feature_weight': lam, 'feature_reduction': reduction}
+    fit = train_loop(state, byot_steps[name], src, seed=seed,
+                     workdir=run_dir(config, seed, f'byot_{_slug(name)}', hp)
+                     if tag == 'train' else None, desc=f'{name} seed {seed} ({tag})', **fit_kw)
+    timings.append(fit.seconds)
+    return fit
+
+  def evaluate_exits(variables, src):
+    return online.evaluate_heads(byot_eval, variables, eval_batches(src), prefix='exit',
                                  start=1)
+
+  # Validation search: a BYOT variant scored by its deepest exit (the head the claim
+  # is about), the plain networks by their accuracy.
+  plain, regs = plain_name(config), list(zip(ob.regularised_of(config),
+                                             regularised_names(config)))
+  tseed = config.tuning.seed
+
+  def score_plain(label_smoothing, tag_name):
+    def score(setting):
+      fit = train_plain(tseed, setting, label_smoothing, fit_src, 'train_fit', tag_name)
+      return train.evaluate(plain_eval, fit.state.variables, eval_batches(val_src))['accuracy']
+    return score
+
+  def score_byot(name):
+    def score(setting):
+      fit = train_byot(tseed, setting, name, fit_src, 'train_fit')
+      return evaluate_exits(fit.state.variables, val_src)[f'accuracy/exit{num_exits}']
+    return score
+
+  search = {name: tuning.tune(ob.grid(config), score_byot(name)) for name in variants}
+  search[plain] = tuning.tune(ob.grid(config), score_plain(0.0, 'plain'))
+  for b, reg_name in regs:
+    search[reg_name] = tuning.tune(ob.grid(config, b['adamw']),
+                                   score_plain(b['label_smoothing'], 'regularised'))
+
+  records, exit_records = [], []
+  for seed in config.seeds:
+    for b, reg_name in [(None, plain)] + regs:
+      ls = 0.0 if b is None else b['label_smoothing']
+      fit = train_plain(seed, search[reg_name]['chosen'], ls, train_src, 'train',
+                        'plain' if b is None else 'regularised')
+      ev = train.evaluate(plain_eval, fit.state.variables, eval_batches(test_src))
+      records.append({'seed': seed, 'model': reg_name, 'exit': 'output',
+                      'exit_index': num_exits, 'accuracy': ev['accuracy'], 'nll': ev['loss'],
+                      'flops': plain_flops})
+
+    for name in variants:
+      fit = train_byot(seed, search[name]['chosen'], name, train_src, 'train')
+      variables = fit.state.variables
+      ev = evaluate_exits(variables, test_src)
       for k in range(1, num_exits + 1):
         records.append({'seed': seed, 'model': name, 'exit': f'exit {k}'
                         + (' (deepest)' if k == num_exits else ''), 'exit_index': k,
@@ -129,18 +205,20 @@ def run(config) -> list[dict]:
             **{f'exit{k}_fraction': row[f'exit{k}_fraction'] for k in range(1, num_exits + 1)}})
 
   # Paired differences to the plain network of the same seed.
-  plain_acc = {r['seed']: r['accuracy'] for r in records if r['model'] == PLAIN}
+  plain_acc = {r['seed']: r['accuracy'] for r in records if r['model'] == plain}
   for r in records:
     r['delta'] = r['accuracy'] - plain_acc[r['seed']]
   out_dir = common.results_dir(config.results)
   common.save_records([{'table': 'exits', **r} for r in records]
                       + [{'table': 'early_exit', **r} for r in exit_records],
                       os.path.join(out_dir, 'records.json'))
+  mode = config.get('mode', 'default')
   setup = common.save_setup(
       out_dir, experiment='byot', config=config,
       command='python -m experiments.run --config experiments/configs/byot.py'
-      + ('' if config.results == 'byot' else ':quick'),
+      + ('' if mode == 'default' else f':{mode}'),
       facts={'train_size': len(train_src), 'test_size': len(test_src),
+             'fit_size': len(fit_src), 'validation_size': len(val_src), 'tuning': search,
              'plain_flops': float(plain_flops), 'exit_flops': [float(c) for c in exit_costs],
              'train_seconds': float(sum(timings))})
   return report(common.load_results(out_dir)[0], setup, out_dir)
@@ -154,26 +232,38 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   plain_flops, exit_costs = facts['plain_flops'], facts['exit_flops']
   num_exits = len(exit_costs)
   primary = config.variants[0][0]
+  net, dataset = ob.net_name(config), DATASETS[config.get('dataset', 'mnist1d')]
+  plain, regs = plain_name(config), regularised_names(config)
   control = [name for name, alpha, _, lam, _ in config.variants if alpha == 0 and lam == 0]
   family = []
   for name, *_ in config.variants:
     for k in range(1, num_exits + 1):
       family.append((f'{name}: exit {k} vs plain', common.paired(
-          records, {'model': name, 'exit_index': k}, {'model': PLAIN})))
+          records, {'model': name, 'exit_index': k}, {'model': plain})))
   if control:
     for k in range(1, num_exits + 1):
       family.append((f'{primary} − {control[0]}: exit {k}', common.paired(
           records, {'model': primary, 'exit_index': k}, {'model': control[0], 'exit_index': k})))
+  for reg in regs:
+    family.append((f'{reg}: exit {num_exits} vs plain', common.paired(
+        records, {'model': reg}, {'model': plain})))
+  for reg in regs:
+    for name, *_ in config.variants:
+      family.append((f'{name}: deepest exit vs {reg}', common.paired(
+          records, {'model': name, 'exit_index': num_exits}, {'model': reg})))
   cmp = {c.name: c for c in stats.compare(family)}
   agg = common.aggregate(records, ['model', 'exit', 'exit_index'],
                          ['accuracy', 'delta', 'nll', 'flops'], percent=['accuracy', 'delta'])
   rows = []
   for r in agg:
-    base = r['model'] == PLAIN
+    base = r['model'] == plain
     c = None if base else cmp[f'{r["model"]}: exit {r["exit_index"]} vs plain']
     rows.append({**r, 'test accuracy': r['accuracy'], 'test NLL': r['nll'],
-                 'FLOPs vs plain CNN1D': f"{100 * r['flops_mean'] / plain_flops:.0f}%",
+                 FLOPS: f"{100 * r['flops_mean'] / plain_flops:.0f}%",
                  **stats.columns(c, delta=DELTA)})
+  reg_rows = [{'BYOT variant (deepest exit)': name, 'regularised baseline': reg,
+               **stats.columns(cmp[f'{name}: deepest exit vs {reg}'], delta='Δ (paired)')}
+              for reg in regs for name, *_ in config.variants]
 
   fractions = [f'exit{k}_fraction' for k in range(1, num_exits + 1)]
   exit_agg = common.aggregate(exit_records, ['model', 'threshold', 'label'],
@@ -181,7 +271,7 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
                                *fractions],
                               percent=['accuracy', 'relative_cost', 'flops_vs_plain'])
   exit_rows = [{**r, 'threshold': r['label'], 'test accuracy': r['accuracy'],
-                'FLOPs vs plain CNN1D': r['flops_vs_plain'],
+                FLOPS: r['flops_vs_plain'],
                 'FLOPs vs deepest exit': r['relative_cost'],
                 'mean exit': f"{r['mean_stages_mean']:.2f}",
                 'exit shares (1/2/…)': '/'.join(
@@ -189,19 +279,23 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
                for r in exit_agg]
 
   report_lib.write_table(exit_rows, EXIT_COLUMNS, os.path.join(out_dir, 'early_exit'),
-                         title='BYOT early exit on MNIST-1D (mean ± std over seeds)')
-  plain_row = next(r for r in agg if r['model'] == PLAIN)
-  # Accuracy of every exit per variant, against the plain network.
-  common.errorbar_plot([r for r in agg if r['model'] != PLAIN], x='exit_index', metric='accuracy',
+                         title=f'BYOT early exit on {dataset} (mean ± std over seeds)')
+  plain_row = next(r for r in agg if r['model'] == plain)
+  reg_lines = {reg: next(
+      r['accuracy_mean'] for r in agg if r['model'] == reg) for reg in regs}
+  # Accuracy of every exit per variant, against the plain networks.
+  common.errorbar_plot([r for r in agg if r['model'] in [v[0] for v in config.variants]],
+                       x='exit_index', metric='accuracy',
                        series='model', path=os.path.join(out_dir, 'byot_exits.png'),
-                       title='BYOT exits vs the plain CNN1D (MNIST-1D)', xlabel='exit',
-                       baselines={'CNN1D, no aux heads': plain_row['accuracy_mean']})
+                       title=f'BYOT exits vs the plain {net} ({dataset})', xlabel='exit',
+                       baselines={f'{net}, no aux heads': plain_row['accuracy_mean'],
+                                  **reg_lines})
   # Early exit: accuracy against compute, every variant, mean ± std over seeds.
   common.errorbar_plot(exit_agg, x='flops_vs_plain_mean', metric='accuracy', series='model',
                        path=os.path.join(out_dir, 'early_exit_variants.png'),
                        title='Early exit: accuracy vs compute (thresholds as in the table)',
-                       xlabel='mean FLOPs per example / FLOPs of the plain CNN1D',
-                       baselines={'CNN1D, no aux heads': plain_row['accuracy_mean']})
+                       xlabel=f'mean FLOPs per example / FLOPs of the plain {net}',
+                       baselines={f'{net}, no aux heads': plain_row['accuracy_mean']})
   # The library's plot for the primary variant, with each exit alone as reference points.
   primary_table = [{'threshold': r['threshold'], 'accuracy': r['accuracy_mean'],
                     'flops_vs_plain': r['flops_vs_plain_mean']}
@@ -223,7 +317,7 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
     for k in range(1, num_exits + 1):
       r = by[(name, k)]
       parts.append(f"exit {k} {r['test accuracy']}% (Δ {r[DELTA]} {r['95% CI']}, "
-                   f"{r['verdict']}) at {r['FLOPs vs plain CNN1D']} FLOPs")
+                   f"{r['verdict']}) at {r[FLOPS]} FLOPs")
     lines.append(f'{name}: ' + '; '.join(parts))
   deepest = cmp[f'{primary}: exit {num_exits} vs plain']
   outcomes = {stats.BETTER: 'reproduced', stats.WORSE: 'refuted'}
@@ -243,41 +337,49 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   if best is not None:
     early_line = (f"usable — with early exit at threshold {best['label']}, {primary} reaches "
                   f"{best['accuracy']}% at {best['flops_vs_plain']}% of the plain network's "
-                  f"FLOPs (plain CNN1D {plain_row['accuracy']}%; criterion: mean accuracy "
+                  f"FLOPs (plain {net} {plain_row['accuracy']}%; criterion: mean accuracy "
                   'within 1 point of the plain network with fewer FLOPs, descriptive, not a '
                   'test)')
   else:
     early_line = ('not usable as a compute saving — no threshold keeps the mean accuracy within '
-                  f"1 point of the plain CNN1D ({plain_row['accuracy']}%) with fewer FLOPs")
+                  f"1 point of the plain {net} ({plain_row['accuracy']}%) with fewer FLOPs")
   shallow = '; '.join(
       f"exit {k} alone {by[(primary, k)]['test accuracy']}% at "
-      f"{by[(primary, k)]['FLOPs vs plain CNN1D']} of the plain FLOPs"
+      f"{by[(primary, k)][FLOPS]} of the plain FLOPs"
       for k in range(1, num_exits))
   verdict = (
       f'(1) Shallow exits: {early_line}; {shallow}. '
       f'(2) Deepest head vs the plain network: {stats.summary(deepest)}; the finding that the '
-      f'deepest head improves is {deep_outcome} on our data.{control_line}')
+      f'deepest head improves is {deep_outcome} on our data (against the plain network).'
+      f'{control_line}')
+  if regs:
+    verdict += ' ' + _versus_regularised(cmp, [v[0] for v in config.variants], regs)
   variant_text = '; '.join(
       f'`{n}`: α={a:g}, τ={t:g}, λ={lam:g}, feature_reduction=\'{red}\'' for n, a, t, lam, red
       in config.variants)
   notes = (
-      f'Setup: MNIST-1D ({facts["train_size"]} train / {facts["test_size"]} test). BYOT = '
-      f'`kdjax.models.byot_cnn1d(channels={config.channels})`: the CNN1D with an exit after each '
-      'of its 3 conv layers (exits 1–2: average pooling, 1×1 conv, Dense; exit 3: the CNN1D '
-      'classifier). Each shallow exit gets (1−α)·CE + α·τ²·KL(deepest ‖ exit) + '
+      f'Setup: {dataset} ({facts["train_size"]} train / {facts["test_size"]} test). BYOT = '
+      + _architecture(config) + '. Each shallow exit gets (1−α)·CE + α·τ²·KL(deepest ‖ exit) + '
       'λ·‖F_exit − F_deepest‖² (targets held constant), the deepest exit the CE '
-      f'(`kdjax.online.make_byot_step`). Variants: {variant_text}. Baseline: the zoo `cnn1d` '
-      'with the same options, trained alone with the cross-entropy. All runs: Adam with cosine '
-      f'decay, lr {config.learning_rate:g}, {config.num_steps} steps, batch {config.batch_size}; '
-      'the runs of a seed share the data order (and the BYOT variants the initialisation). '
+      f'(`kdjax.online.make_byot_step`). Variants: {variant_text}. Baseline: '
+      + _baseline_text(config) + ', trained alone with the cross-entropy. '
+      + (ob.regularised_notes(config) if regs else '')
+      + f'All runs: Adam with cosine decay (AdamW for the weight-decay baseline), '
+      f'{config.num_steps} steps, batch {config.batch_size}, each method\'s own learning rate '
+      '(below); the runs of a seed share the data order (and the BYOT variants and the plain '
+      'networks each their initialisation). '
       '"Δ" is the per-seed difference to the plain network; accuracies are mean ± std over '
       'seeds. FLOPs: XLA cost analysis per example (`kdjax.models.flops`, '
       '`experiments.early_exit.exit_flops`: exiting at exit k runs stages and heads 1..k); '
-      'plain CNN1D '
+      f'plain {net} '
       f'{plain_flops:,.0f}, BYOT exits ' + ', '.join(f'{c:,.0f}' for c in exit_costs) + ' '
       '(the FLOPs column of an exit counts every shallow head checked before it; the deepest '
       'exit deployed alone, with the shallow heads dropped, costs what the plain network '
       'costs). Per variant: ' + ' | '.join(lines) + '.\n\n'
+      + ob.tuning_notes(config, facts, 'the validation accuracy (for a BYOT variant: of its '
+                        'deepest exit)')
+      + ('## Deepest exits vs the regularised baselines\n\n'
+         + report_lib.markdown_table(reg_rows, REG_COLUMNS) + '\n\n' if regs else '')
       + common.comparison_lines(list(cmp.values())) + '\n\n'
       '## Early exit\n\nEach test example leaves at the first exit whose top softmax '
       'probability reaches the threshold (the deepest exit answers otherwise); '
@@ -285,13 +387,50 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       + report_lib.markdown_table(exit_rows, EXIT_COLUMNS) + '\n\n'
       'Plots: `byot_exits.png` (accuracy of each exit), `early_exit.png` (accuracy vs compute '
       f'for {primary}, with each exit alone), `early_exit_variants.png` (all variants). Total '
-      f'training time of the runs {facts["train_seconds"]:.0f} s (runs found complete in the '
-      'workdir are restored, not retrained).')
+      f'training time of the runs {facts["train_seconds"]:.0f} s (tuning included; runs found '
+      'complete in the workdir are restored, not retrained).')
   common.write_results(
-      config.results, rows, COLUMNS, title='BYOT: self-distilled exits vs the plain CNN1D '
-      '(MNIST-1D)', finding=FINDING, verdict=verdict, command=setup['command'], notes=notes,
-      out_dir=out_dir, dataset='MNIST-1D', seeds=common.seeds_of(records))
+      config.results, rows, COLUMNS, title=f'BYOT: self-distilled exits vs the plain {net} '
+      f'({dataset})', finding=FINDING, verdict=verdict, command=setup['command'], notes=notes,
+      out_dir=out_dir, dataset=dataset, seeds=common.seeds_of(records))
   return rows
+
+
+def _architecture(config) -> str:
+  if config.get('net', 'cnn1d') == 'resnet':
+    return (f'`kdjax.models.byot_resnet(depth={config.depth}, widths={tuple(config.widths)})`: '
+            f'the {ob.net_name(config)} with an exit after each of its '
+            f'{len(config.widths) - 1} stages (shallow exits: strided convs following the later '
+            'stages\' widths, pooling, Dense; the last exit: the network\'s own classifier)')
+  return (f'`kdjax.models.byot_cnn1d(channels={config.channels})`: the CNN1D with an exit after '
+          'each of its 3 conv layers (exits 1–2: average pooling, 1×1 conv, Dense; exit 3: the '
+          'CNN1D classifier)')
+
+
+def _baseline_text(config) -> str:
+  if config.get('net', 'cnn1d') == 'resnet':
+    return (f'`kdjax.models.CifarResNet(depth={config.depth}, widths={tuple(config.widths)})` '
+            '(the backbone without the shallow heads)')
+  return 'the zoo `cnn1d` with the same options'
+
+
+def _versus_regularised(cmp, variants, regs) -> str:
+  """The verdict sentence on the deepest BYOT exits against the regularised baselines."""
+  primary = variants[0]
+  beaten = [reg for reg in regs
+            if cmp[f'{primary}: deepest exit vs {reg}'].verdict == stats.BETTER]
+  if len(beaten) == len(regs):
+    head = (f'(3) Against the regularised baselines, {primary}\'s deepest exit is better '
+            'than every one')
+  elif not beaten:
+    head = f'(3) Against the regularised baselines, {primary}\'s deepest exit is better than none'
+  else:
+    head = (f'(3) Against the regularised baselines, {primary}\'s deepest exit is better than '
+            + ', '.join(beaten) + ' only')
+  parts = [f'vs {reg}: ' + '; '.join(
+      f'{name} {stats.summary(cmp[f"{name}: deepest exit vs {reg}"])}' for name in variants)
+      for reg in regs]
+  return head + '. Deepest exit − regularised baseline: ' + ' | '.join(parts) + '.'
 
 
 def _slug(name: str) -> str:

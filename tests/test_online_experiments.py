@@ -11,9 +11,11 @@ import pytest
 from experiments import byot
 from experiments import dml
 from experiments import one
+from experiments import online_baselines
 from experiments.configs import byot as byot_config
 from experiments.configs import dml as dml_config
 from experiments.configs import one as one_config
+from experiments.dml import optimizer
 from kdjax import models
 from kdjax import steps
 from kdjax.state import TrainState
@@ -97,19 +99,39 @@ def test_dml_digits_quick_tunes_on_validation(quick_config, check_results, resul
   assert 'chosen on validation data' in md
 
 
-@pytest.mark.long
-@pytest.mark.slow
-def test_one_quick(quick_config, check_results, results):
-  config = quick_config(one_config)
-  rows = one.run(config)
-  records = check_results(results / 'one_quick', one.COLUMNS, rows, ['one_branches.png'])
+def _check_tuning(config, facts, names):
+  """Every method was searched on validation over the config's a-priori grid."""
+  assert facts['fit_size'] + facts['validation_size'] == facts['train_size']
+  lrs = list(config.tuning.learning_rates)
+  assert set(facts['tuning']) == set(names)
+  for name, t in facts['tuning'].items():
+    adamw = 'AdamW' in name
+    assert len(t['grid']) == len(lrs) * (len(config.tuning.weight_decays) if adamw else 1)
+    assert [g['learning_rate'] for g in t['grid']][::len(t['grid']) // len(lrs)] == lrs
+    assert t['chosen'] == t['grid'][int(np.argmax(t['validation_accuracy']))]
+    assert ('weight_decay' in t['chosen']) == adamw
+    assert all(0.0 <= a <= 1.0 for a in t['validation_accuracy'])
+
+
+def _check_report(md):
+  assert 'chosen on validation data, not test' in md
+  assert 'Holm' in md and '95% CI [' in md
+  assert 'Against the regularised baselines' in md
+  assert ('No choice lies at an end of its grid' in md) != ('At the edge of the grid' in md)
+
+
+def _check_one(config, records, rows, md, facts):
   m = config.num_branches
+  name = one.one_name(config)
+  regs = one.regularised_names(config)
+  _check_tuning(config, facts, [name, one.baseline_name(config), *regs])
   for seed in config.seeds:
     mine = [r for r in records if r['seed'] == seed]
     kinds = {}
     for r in mine:
       kinds.setdefault(r['kind'], []).append(r)
     assert len(kinds['branch']) == m and len(kinds['member']) == config.baseline_members
+    assert {r['model'] for r in kinds['regularised']} == set(regs)
     assert kinds['branch_mean'][0]['accuracy'] == pytest.approx(
         np.mean([r['accuracy'] for r in kinds['branch']]))
     base = np.mean([r['accuracy'] for r in kinds['member']])
@@ -119,23 +141,53 @@ def test_one_quick(quick_config, check_results, results):
     for kind in ('ensemble', 'branch_ensemble'):
       assert 0.0 <= kinds[kind][0]['disagreement'] <= 1.0
   assert {r['evaluated'] for r in rows} >= {'gated ensemble (model output)', 'branch 0 alone',
-                                            'single model (mean over runs)'}
+                                            'single model (mean over runs)', 'single model'}
+  _check_report(md)
+  for reg in regs:  # ONE against each regularised baseline, paired, in the Holm family
+    assert f'{name}: branch mean vs {reg}:' in md
+    assert f'{name}: gated ensemble vs {reg}:' in md
+    assert f'{reg}: single model vs baseline:' in md
+  assert '## ONE vs the regularised baselines' in md
 
 
 @pytest.mark.long
 @pytest.mark.slow
-def test_byot_quick(quick_config, check_results, results):
-  config = quick_config(byot_config)
+@pytest.mark.parametrize('mode', ['quick', 'digits_quick'])
+def test_one_quick_tunes_and_compares_with_regularised_baselines(
+    quick_config, check_results, results, mode):
+  config = quick_config(one_config, mode)
+  rows = one.run(config)
+  out = results / config.results
+  records = check_results(out, one.COLUMNS, rows, ['one_branches.png'])
+  setup = json.loads((out / 'setup.json').read_text())
+  _check_one(config, records, rows, (out / 'results.md').read_text(), setup['facts'])
+  if mode == 'digits_quick':
+    assert setup['facts']['train_size'] == 160 and 'ResNet-8' in rows[0]['model']
+
+
+@pytest.mark.long
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['quick', 'digits_quick'])
+def test_byot_quick_tunes_and_compares_with_regularised_baselines(
+    quick_config, check_results, results, mode):
+  config = quick_config(byot_config, mode)
   rows = byot.run(config)
-  records = check_results(results / 'byot_quick', byot.COLUMNS, rows,
+  out = results / config.results
+  records = check_results(out, byot.COLUMNS, rows,
                           ['byot_exits.png', 'early_exit.png', 'early_exit_variants.png',
-                            'early_exit.md', 'early_exit.csv'])
+                           'early_exit.md', 'early_exit.csv'])
+  setup = json.loads((out / 'setup.json').read_text())
   exits = [r for r in records if r['table'] == 'exits']
   early = [r for r in records if r['table'] == 'early_exit']
   names = [v[0] for v in config.variants]
-  assert {r['model'] for r in exits} == {byot.PLAIN, *names}
+  plain_name, regs = byot.plain_name(config), byot.regularised_names(config)
+  _check_tuning(config, setup['facts'], [*names, plain_name, *regs])
+  assert {r['model'] for r in exits} == {plain_name, *regs, *names}
   for seed in config.seeds:
-    plain = next(r for r in exits if r['seed'] == seed and r['model'] == byot.PLAIN)
+    plain = next(r for r in exits if r['seed'] == seed and r['model'] == plain_name)
+    for reg in regs:
+      r = next(r for r in exits if r['seed'] == seed and r['model'] == reg)
+      assert r['delta'] == pytest.approx(r['accuracy'] - plain['accuracy'])
     for name in names:
       acc = {r['exit_index']: r['accuracy'] for r in exits
              if r['seed'] == seed and r['model'] == name}
@@ -155,3 +207,66 @@ def test_byot_quick(quick_config, check_results, results):
       assert top['accuracy'] == pytest.approx(acc[3])
       costs = [table[t]['relative_cost'] for t in sorted(table)]
       assert costs == sorted(costs)  # a higher threshold never exits earlier
+  md = (out / 'results.md').read_text()
+  _check_report(md)
+  for reg in regs:
+    assert f'{reg}: exit 3 vs plain:' in md
+    for name in names:
+      assert f'{name}: deepest exit vs {reg}:' in md
+  assert '## Deepest exits vs the regularised baselines' in md and '## Early exit' in md
+
+
+# ------------------------------------------------------- cheap helpers (default suite)
+
+def test_regularised_baselines_and_grids_of_the_configs():
+  for module in (one_config, byot_config):
+    for mode in ('default', 'quick', 'digits', 'digits_quick'):
+      c = module.get_config(mode)
+      regs = online_baselines.regularised_of(c)
+      assert [b['adamw'] for b in regs] == [False, True]
+      assert regs[0]['label_smoothing'] == pytest.approx(0.1)
+      lrs = tuple(c.tuning.learning_rates)
+      assert online_baselines.grid(c) == [{'learning_rate': lr} for lr in lrs]
+      assert len(online_baselines.grid(c, adamw=True)) == len(lrs) * len(c.tuning.weight_decays)
+      assert c.tuning.seed not in c.seeds  # the tuning seed is not an evaluation seed
+      if not mode.endswith('quick'):  # byot digits: a coarser grid over the same range
+        assert len(c.seeds) >= 5 and len(lrs) >= 3 and len(c.tuning.weight_decays) >= 2
+        assert min(lrs) <= 1e-3 and max(lrs) >= 1e-1
+    assert module.get_config('digits').dataset == 'digits'
+    with pytest.raises(ValueError):
+      module.get_config('nope')
+
+
+def test_at_edge_flags_only_choices_at_an_end_of_a_grid_axis():
+  axes = {'learning_rate': (1e-3, 1e-2, 1e-1), 'weight_decay': (0.1,)}
+  search = {'mid': {'chosen': {'learning_rate': 1e-2}},
+            'low': {'chosen': {'learning_rate': 1e-3, 'weight_decay': 0.1}}}
+  assert online_baselines.at_edge(search, axes) == ['low: learning rate']  # 1-value axis: no flag
+
+
+def test_optimizers_are_shared_per_setting_and_adamw_decays():
+  txs = online_baselines.Optimizers(10)
+  a = txs({'learning_rate': 1e-2})
+  assert a is txs({'learning_rate': 1e-2, 'weight_decay': 0.0})
+  assert a is not txs({'learning_rate': 3e-2})
+  params = {'w': jnp.ones(3)}
+  tx = txs({'learning_rate': 0.1, 'weight_decay': 1.0})
+  assert tx is txs({'learning_rate': 0.1, 'weight_decay': 1.0})
+  updates, _ = tx.update({'w': jnp.zeros(3)}, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -0.1 * np.ones(3), rtol=1e-6)  # lr · wd · w
+  ref = optimizer(0.1, 10, 1.0)
+  ref_updates, _ = ref.update({'w': jnp.zeros(3)}, ref.init(params), params)
+  np.testing.assert_allclose(updates['w'], ref_updates['w'])
+
+
+def test_network_names_and_plain_networks():
+  mnist = one_config.get_config('quick')
+  digits = one_config.get_config('digits_quick')
+  assert online_baselines.net_name(mnist) == 'CNN1D'
+  assert online_baselines.net_name(digits) == 'ResNet-8'
+  assert isinstance(online_baselines.plain_network(digits), models.CifarResNet)
+  assert one.baseline_name(digits) == 'ResNet-8 alone (baseline)'
+  assert byot.regularised_names(mnist) == ['CNN1D + label smoothing 0.1',
+                                           'CNN1D + AdamW weight decay']
+  assert one.one_model(digits).num_branches == digits.num_branches
+  assert byot.byot_model(digits).num_exits == len(digits.widths) - 1

@@ -1,0 +1,149 @@
+"""What the ONE and BYOT experiments share: regularised baselines and the validation search.
+
+ONE (Lan et al. 2018) and BYOT (Zhang et al. 2019) train extra heads whose
+losses also regularise the network, so a fair comparison puts them next to
+the plain single network trained with a standard regulariser too (as the DML
+experiment does, :mod:`experiments.dml`): label smoothing (Szegedy et al.
+2016) and decoupled weight decay (AdamW, Loshchilov & Hutter 2019,
+:func:`experiments.dml.optimizer`). Every method's learning rate (and AdamW's
+decay) is chosen on a validation split of the training set with a tuning seed
+(:mod:`experiments.tuning`), never on test.
+
+The networks of both experiments are built here from the config: the 1-D CNN
+of MNIST-1D (``config.net = 'cnn1d'``) or a small CIFAR-style ResNet on
+scikit-learn digits (``config.net = 'resnet'``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from experiments import tuning
+from experiments.dml import optimizer
+from kdjax import models
+
+
+def regularised_of(config) -> list[dict]:
+  """The config's regularised baselines as ``{'name', 'label_smoothing', 'adamw'}``.
+
+  ``config.regularised`` holds ``(name, label_smoothing, adamw)`` tuples; an
+  ``adamw`` baseline has its weight decay searched over
+  ``config.tuning.weight_decays``.
+
+  Examples:
+    >>> regularised_of({'regularised': [('+ LS 0.1', 0.1, False)]})
+    [{'name': '+ LS 0.1', 'label_smoothing': 0.1, 'adamw': False}]
+  """
+  return [{'name': n, 'label_smoothing': float(ls), 'adamw': bool(wd)}
+          for n, ls, wd in config.get('regularised', ())]
+
+
+def grid(config, adamw: bool = False) -> list[dict]:
+  """The a-priori search grid of one method: learning rates (× weight decays for AdamW)."""
+  axes = {'learning_rate': tuple(float(v) for v in config.tuning.learning_rates)}
+  if adamw:
+    axes['weight_decay'] = tuple(float(v) for v in config.tuning.weight_decays)
+  return tuning.grid_of(**axes)
+
+
+def at_edge(search: Mapping[str, Mapping[str, Any]],
+            axes: Mapping[str, Sequence[float]]) -> list[str]:
+  """``'<method>: <axis>'`` for every choice at an end of its grid axis (axes of > 1 value).
+
+  Examples:
+    >>> search = {'A': {'chosen': {'learning_rate': 0.1}},
+    ...           'B': {'chosen': {'learning_rate': 0.01, 'weight_decay': 1.0}}}
+    >>> at_edge(search, {'learning_rate': (0.001, 0.01, 0.1), 'weight_decay': (0.01, 1.0)})
+    ['A: learning rate', 'B: weight decay']
+  """
+  out = []
+  for name, t in search.items():
+    for axis, values in axes.items():
+      values = sorted(float(v) for v in values)
+      if axis in t['chosen'] and len(values) > 1 and float(t['chosen'][axis]) in (
+          values[0], values[-1]):
+        out.append(f'{name}: {axis.replace("_", " ")}')
+  return out
+
+
+def tuning_notes(config, facts: Mapping[str, Any], score: str) -> str:
+  """The Markdown paragraph on the validation search (grid, choices, edge flags).
+
+  Args:
+    config: the run's config (``config.tuning``).
+    facts: ``setup.json`` facts with ``fit_size``, ``validation_size``,
+      ``train_size`` and ``tuning``.
+    score: what the validation accuracy of a method is, e.g. ``'the mean over
+      branches'``.
+  """
+  t = config.tuning
+  edge = at_edge(facts['tuning'], {'learning_rate': t.learning_rates,
+                                   'weight_decay': t.weight_decays})
+  edge_note = (' **At the edge of the grid:** ' + '; '.join(edge) + ' (a wider grid might move '
+               'these choices).' if edge else ' No choice lies at an end of its grid.')
+  return (
+      'Hyperparameters were chosen on validation data, not test: '
+      f'`kdjax.data.validation_split(fraction={t.fraction:g}, seed={t.split_seed})` holds '
+      f'{facts["validation_size"]} of the {facts["train_size"]} training examples out '
+      '(stratified by label); for every method each setting of the grid below (fixed before '
+      f'the runs) trained on the other {facts["fit_size"]} with seed {t.seed} (not an '
+      f'evaluation seed), scored by {score}; the best (ties: the first) was then trained on '
+      'the full training split for every seed and evaluated on test once.' + edge_note
+      + ' Validation accuracy per setting:\n\n' + tuning.tuning_lines(facts['tuning']) + '\n\n')
+
+
+def regularised_notes(config) -> str:
+  """The sentence describing the regularised baselines."""
+  parts = []
+  for b in regularised_of(config):
+    what = ([f'label smoothing {b["label_smoothing"]:g}'] if b['label_smoothing'] else []) + (
+        ['decoupled weight decay (`optax.adamw`, the same cosine schedule; decay tuned below)']
+        if b['adamw'] else [])
+    parts.append(f'"{b["name"]}": ' + ', '.join(what))
+  return ('Regularised single-network baselines (the plain network, cross-entropy, one run per '
+          'seed sharing run #0\'s initialisation and data order): ' + '; '.join(parts) + '. ')
+
+
+class Optimizers:
+  """One optax optimizer object per ``(learning rate, weight decay)``.
+
+  States built with the same object share their static fields, so a jitted
+  step compiles once per setting, not once per seed.
+  """
+
+  def __init__(self, num_steps: int):
+    self.num_steps = num_steps
+    self._cache: dict[tuple[float, float], Any] = {}
+
+  def __call__(self, setting: Mapping[str, Any]):
+    key = (float(setting['learning_rate']), float(setting.get('weight_decay', 0.0)))
+    if key not in self._cache:
+      self._cache[key] = optimizer(key[0], self.num_steps, key[1])
+    return self._cache[key]
+
+
+def net_name(config) -> str:
+  """The single network's display name, e.g. ``'CNN1D'`` or ``'ResNet-8'``.
+
+  Examples:
+    >>> net_name({'net': 'resnet', 'depth': 8}), net_name({})
+    ('ResNet-8', 'CNN1D')
+  """
+  if config.get('net', 'cnn1d') == 'resnet':
+    return f'ResNet-{config["depth"]}'
+  return 'CNN1D'
+
+
+def plain_network(config):
+  """The single network without extra heads: the zoo ``cnn1d`` or a ``CifarResNet``."""
+  if config.get('net', 'cnn1d') == 'resnet':
+    return models.CifarResNet(depth=config.depth, widths=tuple(config.widths), num_classes=10)
+  return models.create('cnn1d', 10, channels=config.channels,
+                       kernel_sizes=tuple(config.kernel_sizes))
+
+
+def net_kwargs(config) -> dict:
+  """The network options that enter the run directories' hashes."""
+  if config.get('net', 'cnn1d') == 'resnet':
+    return {'net': 'resnet', 'depth': config.depth, 'widths': tuple(config.widths)}
+  return {'channels': config.channels, 'kernel_sizes': tuple(config.kernel_sizes)}
