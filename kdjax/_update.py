@@ -12,7 +12,7 @@ everything around it, in one place:
 * the averaging of floating non-parameter state (BatchNorm statistics) over
   the device axis;
 * the finite-value guard: a non-finite loss or gradient keeps the old state
-  (one ``lax.cond`` around the optimizer update);
+  with one ``select``;
 * label validation under ``jit`` (:func:`clean_labels`): rows whose label is
   out of range are excluded from the mask and counted in the metrics;
 * the common metrics (``loss``, ``grad_norm``, ``skipped``).
@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from kdjax.state import select
 
 
 def psum(tree: Any, axis_name: Optional[str]) -> Any:
@@ -271,18 +273,13 @@ def apply_guarded(state: Any, grads: Any, loss: jax.Array, model_state: Any, *,
   Returns:
     ``(new_state, finite)``.
   """
-  model_state = pmean_model_state(model_state, axis_name)
+  new_state = state.apply_gradients(grads, model_state=pmean_model_state(model_state, axis_name))
   # One fused reduction: the norm is non-finite iff a gradient is (or its
   # square overflows float32, which is no usable update either); XLA shares it
   # with the ``grad_norm`` metric.
   finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-  if not skip_nonfinite:
-    return state.apply_gradients(grads, model_state=model_state), finite
-  # A branch, not a select of old and new state: the update runs only when it
-  # is kept, with no extra pass over the parameters and optimizer state.
-  # Under vmap (per-peer guards) JAX lowers it to a select.
-  new_state = jax.lax.cond(finite, lambda s: s.apply_gradients(grads, model_state=model_state),
-                           lambda s: s, state)
+  if skip_nonfinite:
+    new_state = select(finite, new_state, state)
   return new_state, finite
 
 

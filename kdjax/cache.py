@@ -52,6 +52,7 @@ from kdjax import data as kdata
 from kdjax import steps
 from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import ModelOutput
+from kdjax.state import select
 
 
 TARGETS = ('topk', 'renormalized')
@@ -796,22 +797,11 @@ def make_cached_distill_step(terms: Sequence[steps.Term],
     misses = sum(count_misses(by_name[n], batch) for n in names)
     if axis_name is not None:
       misses = jax.lax.psum(misses, axis_name)
-    teachers = outs[names[0]] if single else outs
-
-    def run(state):
-      return inner(state, teachers, batch, rng)
-
-    def skip(state):  # a batch with misses: no update, NaN loss metrics
-      shapes = jax.eval_shape(run, state)[1]
-      metrics = {k: jnp.full(v.shape, jnp.nan if jnp.issubdtype(v.dtype, jnp.floating) else 0,
-                             v.dtype) for k, v in shapes.items()}
-      metrics['skipped'] = jnp.ones_like(metrics['skipped'])
-      return state, metrics
-
-    # A branch rather than a select: a hit runs the step alone, with no extra
-    # pass over the state; a miss computes nothing.
-    new_state, metrics = jax.lax.cond(misses == 0, run, skip, state)
+    new_state, metrics = inner(state, outs[names[0]] if single else outs, batch, rng)
+    ok = misses == 0
+    new_state = select(ok, new_state, state)
     metrics['cache_misses'] = misses
+    metrics['skipped'] = jnp.maximum(metrics['skipped'], (~ok).astype(metrics['skipped'].dtype))
     return new_state, metrics
 
   return step
