@@ -70,11 +70,6 @@ def plain_name(config) -> str:
   return f'{ob.net_name(config)}, no aux heads (baseline)'
 
 
-def regularised_names(config) -> list[str]:
-  """The regularised baselines' model names, e.g. ``'CNN1D + label smoothing 0.1'``."""
-  return [f'{ob.net_name(config)} + {b["name"]}' for b in ob.regularised_of(config)]
-
-
 def byot_model(config):
   """The BYOT model of the config (over the CNN1D or a CIFAR ResNet)."""
   if config.get('net', 'cnn1d') == 'resnet':
@@ -153,7 +148,7 @@ def run(config) -> list[dict]:
   # Validation search: a BYOT variant scored by its deepest exit (the head the claim
   # is about), the plain networks by their accuracy.
   plain, regs = plain_name(config), list(zip(ob.regularised_of(config),
-                                             regularised_names(config)))
+                                             ob.regularised_names(config)))
   tseed = config.tuning.seed
 
   def score_plain(label_smoothing, tag_name):
@@ -233,7 +228,7 @@ def report(all_records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   num_exits = len(exit_costs)
   primary = config.variants[0][0]
   net, dataset = ob.net_name(config), DATASETS[config.get('dataset', 'mnist1d')]
-  plain, regs = plain_name(config), regularised_names(config)
+  plain, regs = plain_name(config), ob.regularised_names(config)
   control = [name for name, alpha, _, lam, _ in config.variants if alpha == 0 and lam == 0]
   family = []
   for name, *_ in config.variants:

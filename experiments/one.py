@@ -69,11 +69,6 @@ def one_name(config) -> str:
   return f'ONE ({config.num_branches} branches)'
 
 
-def regularised_names(config) -> list[str]:
-  """The regularised baselines' model names, e.g. ``'CNN1D + label smoothing 0.1'``."""
-  return [f'{ob.net_name(config)} + {b["name"]}' for b in ob.regularised_of(config)]
-
-
 def one_model(config):
   """The ONE model of the config (over the CNN1D or a CIFAR ResNet)."""
   if config.get('net', 'cnn1d') == 'resnet':
@@ -141,7 +136,7 @@ def run(config) -> list[dict]:
   # Validation search: ONE scored by its mean branch accuracy (the claim is about the
   # branches deployed alone), every baseline by its accuracy.
   name, base_name = one_name(config), baseline_name(config)
-  regs = list(zip(ob.regularised_of(config), regularised_names(config)))
+  regs = list(zip(ob.regularised_of(config), ob.regularised_names(config)))
   tseed = config.tuning.seed
 
   def score_base(label_smoothing, tag_name):
@@ -231,7 +226,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
   params = facts['params']
   m = config.num_branches
   net, name = ob.net_name(config), one_name(config)
-  regs = regularised_names(config)
+  regs = ob.regularised_names(config)
   dataset = DATASETS[config.get('dataset', 'mnist1d')]
   for r in records:
     if r.get('disagreement') is None:

@@ -134,6 +134,11 @@ def net_name(config) -> str:
   return 'CNN1D'
 
 
+def regularised_names(config) -> list[str]:
+  """The regularised baselines' model names, e.g. ``'CNN1D + label smoothing 0.1'``."""
+  return [f'{net_name(config)} + {b["name"]}' for b in regularised_of(config)]
+
+
 def plain_network(config):
   """The single network without extra heads: the zoo ``cnn1d`` or a ``CifarResNet``."""
   if config.get('net', 'cnn1d') == 'resnet':

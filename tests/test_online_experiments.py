@@ -123,7 +123,7 @@ def _check_report(md):
 def _check_one(config, records, rows, md, facts):
   m = config.num_branches
   name = one.one_name(config)
-  regs = one.regularised_names(config)
+  regs = online_baselines.regularised_names(config)
   _check_tuning(config, facts, [name, one.baseline_name(config), *regs])
   for seed in config.seeds:
     mine = [r for r in records if r['seed'] == seed]
@@ -180,7 +180,7 @@ def test_byot_quick_tunes_and_compares_with_regularised_baselines(
   exits = [r for r in records if r['table'] == 'exits']
   early = [r for r in records if r['table'] == 'early_exit']
   names = [v[0] for v in config.variants]
-  plain_name, regs = byot.plain_name(config), byot.regularised_names(config)
+  plain_name, regs = byot.plain_name(config), online_baselines.regularised_names(config)
   _check_tuning(config, setup['facts'], [*names, plain_name, *regs])
   assert {r['model'] for r in exits} == {plain_name, *regs, *names}
   for seed in config.seeds:
@@ -266,7 +266,7 @@ def test_network_names_and_plain_networks():
   assert online_baselines.net_name(digits) == 'ResNet-8'
   assert isinstance(online_baselines.plain_network(digits), models.CifarResNet)
   assert one.baseline_name(digits) == 'ResNet-8 alone (baseline)'
-  assert byot.regularised_names(mnist) == ['CNN1D + label smoothing 0.1',
-                                           'CNN1D + AdamW weight decay']
+  assert online_baselines.regularised_names(mnist) == ['CNN1D + label smoothing 0.1',
+                                                       'CNN1D + AdamW weight decay']
   assert one.one_model(digits).num_branches == digits.num_branches
   assert byot.byot_model(digits).num_exits == len(digits.widths) - 1
