@@ -47,7 +47,6 @@ from experiments.takd import DATASETS
 from experiments.takd import load_data
 from kdjax import models
 from kdjax import online
-from kdjax import steps
 from kdjax import train
 from kdjax.state import TrainState
 
@@ -90,12 +89,11 @@ def run(config) -> list[dict]:
       train_src, fraction=config.tuning.fraction, seed=config.tuning.split_seed)
   sample_x = np.asarray(train_src[0]['x'])[None]
   model = byot_model(config)
-  plain_model = ob.plain_network(config)
-  byot_fwd, plain_fwd = models.as_forward(model), models.as_forward(plain_model)
+  byot_fwd = models.as_forward(model)
   txs = ob.Optimizers(config.num_steps)
-  byot_init, plain_init = jit_init(model, sample_x), jit_init(plain_model, sample_x)
-  plain_steps = {}
-  plain_eval = jax.jit(steps.make_eval_step(plain_fwd))
+  timings = []
+  plain_runs = ob.PlainRuns(config, sample_x, txs, timings)
+  byot_init = jit_init(model, sample_x)
   byot_eval = jax.jit(online.make_heads_eval_step(byot_fwd, feature='exit_logits'))
   byot_steps = {
       name: jax.jit(online.make_byot_step(alpha=alpha, temperature=tau, feature_weight=lam,
@@ -103,30 +101,11 @@ def run(config) -> list[dict]:
       for name, alpha, tau, lam, reduction in config.variants}
   num_exits = model.num_exits
   input_shape = (1,) + tuple(sample_x.shape[1:])
-  plain_flops = models.flops(plain_model, input_shape)
+  plain_flops = models.flops(plain_runs.model, input_shape)
   exit_costs = early_exit.exit_flops(model, input_shape)
-  common_hp = {'num_steps': config.num_steps, 'batch_size': config.batch_size,
-               'model': ob.net_kwargs(config), 'data_samples': config.data_samples,
-               'dataset': config.get('dataset', 'mnist1d')}
-  fit_kw = dict(num_steps=config.num_steps, batch_size=config.batch_size,
-                progress=config.progress)
+  common_hp, fit_kw = ob.common_hparams(config), ob.fit_kwargs(config)
   thresholds = tuple(float(t) for t in config.thresholds)
   variants = {v[0]: v for v in config.variants}
-  timings = []
-
-  def train_plain(seed, setting, label_smoothing, src, tag, name):
-    if label_smoothing not in plain_steps:  # compiled once per label smoothing
-      plain_steps[label_smoothing] = jax.jit(
-          steps.make_train_step(label_smoothing=label_smoothing), donate_argnums=0)
-    state = TrainState.create(apply_fn=plain_fwd, variables=plain_init(init_key(seed)),
-                              tx=txs(setting))
-    hp = {**common_hp, **setting, 'seed': seed, 'label_smoothing': label_smoothing}
-    fit = train_loop(state, plain_steps[label_smoothing], src, seed=seed,
-                     # Tuning runs are not checkpointed (saving costs more than retraining).
-                     workdir=run_dir(config, seed, name, hp) if tag == 'train' else None,
-                     desc=f'{name} seed {seed} ({tag})', **fit_kw)
-    timings.append(fit.seconds)
-    return fit
 
   def train_byot(seed, setting, name, src, tag):
     # The same initialisation for every variant of a seed (one BYOT architecture).
@@ -151,12 +130,6 @@ def run(config) -> list[dict]:
                                              ob.regularised_names(config)))
   tseed = config.tuning.seed
 
-  def score_plain(label_smoothing, tag_name):
-    def score(setting):
-      fit = train_plain(tseed, setting, label_smoothing, fit_src, 'train_fit', tag_name)
-      return train.evaluate(plain_eval, fit.state.variables, eval_batches(val_src))['accuracy']
-    return score
-
   def score_byot(name):
     def score(setting):
       fit = train_byot(tseed, setting, name, fit_src, 'train_fit')
@@ -164,18 +137,19 @@ def run(config) -> list[dict]:
     return score
 
   search = {name: tuning.tune(ob.grid(config), score_byot(name)) for name in variants}
-  search[plain] = tuning.tune(ob.grid(config), score_plain(0.0, 'plain'))
+  search[plain] = tuning.tune(ob.grid(config),
+                              plain_runs.scorer(0.0, 'plain', fit_src, val_src))
   for b, reg_name in regs:
-    search[reg_name] = tuning.tune(ob.grid(config, b['adamw']),
-                                   score_plain(b['label_smoothing'], 'regularised'))
+    score = plain_runs.scorer(b['label_smoothing'], 'regularised', fit_src, val_src)
+    search[reg_name] = tuning.tune(ob.grid(config, b['adamw']), score)
 
   records, exit_records = [], []
   for seed in config.seeds:
     for b, reg_name in [(None, plain)] + regs:
       ls = 0.0 if b is None else b['label_smoothing']
-      fit = train_plain(seed, search[reg_name]['chosen'], ls, train_src, 'train',
-                        'plain' if b is None else 'regularised')
-      ev = train.evaluate(plain_eval, fit.state.variables, eval_batches(test_src))
+      fit = plain_runs.train(seed, search[reg_name]['chosen'], ls, train_src, 'train',
+                             'plain' if b is None else 'regularised')
+      ev = train.evaluate(plain_runs.eval_step, fit.state.variables, eval_batches(test_src))
       records.append({'seed': seed, 'model': reg_name, 'exit': 'output',
                       'exit_index': num_exits, 'accuracy': ev['accuracy'], 'nll': ev['loss'],
                       'flops': plain_flops})

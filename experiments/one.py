@@ -47,7 +47,6 @@ from experiments.takd import load_data
 from kdjax import models
 from kdjax import online
 from kdjax import schemes
-from kdjax import steps
 from kdjax import train
 from kdjax.state import TrainState
 
@@ -89,34 +88,14 @@ def run(config) -> list[dict]:
   sample_x = np.asarray(train_src[0]['x'])[None]
   m = config.num_branches
   model = one_model(config)
-  base_model = ob.plain_network(config)
-  one_fwd, base_fwd = models.as_forward(model), models.as_forward(base_model)
+  one_fwd = models.as_forward(model)
   txs = ob.Optimizers(config.num_steps)
-  one_init, base_init = jit_init(model, sample_x), jit_init(base_model, sample_x)
-  one_step = jax.jit(online.make_one_step(temperature=config.temperature), donate_argnums=0)
-  base_steps = {}
-  one_eval = jax.jit(online.make_heads_eval_step(one_fwd, feature='branch_logits'))
-  base_eval = jax.jit(steps.make_eval_step(base_fwd))
-  common_hp = {'num_steps': config.num_steps, 'batch_size': config.batch_size,
-               'model': ob.net_kwargs(config), 'data_samples': config.data_samples,
-               'dataset': config.get('dataset', 'mnist1d')}
-  fit_kw = dict(num_steps=config.num_steps, batch_size=config.batch_size,
-                progress=config.progress)
   timings = []
-
-  def train_base(seed, setting, label_smoothing, src, tag, name):
-    if label_smoothing not in base_steps:  # compiled once per label smoothing
-      base_steps[label_smoothing] = jax.jit(
-          steps.make_train_step(label_smoothing=label_smoothing), donate_argnums=0)
-    state = TrainState.create(apply_fn=base_fwd, variables=base_init(init_key(seed)),
-                              tx=txs(setting))
-    hp = {**common_hp, **setting, 'seed': seed, 'label_smoothing': label_smoothing}
-    fit = train_loop(state, base_steps[label_smoothing], src, seed=seed,
-                     # Tuning runs are not checkpointed (saving costs more than retraining).
-                     workdir=run_dir(config, seed, name, hp) if tag == 'train' else None,
-                     desc=f'{name} seed {seed} ({tag})', **fit_kw)
-    timings.append(fit.seconds)
-    return fit
+  base_runs = ob.PlainRuns(config, sample_x, txs, timings)
+  one_init = jit_init(model, sample_x)
+  one_step = jax.jit(online.make_one_step(temperature=config.temperature), donate_argnums=0)
+  one_eval = jax.jit(online.make_heads_eval_step(one_fwd, feature='branch_logits'))
+  common_hp, fit_kw = ob.common_hparams(config), ob.fit_kwargs(config)
 
   def train_one(seed, setting, src, tag):
     state = TrainState.create(apply_fn=one_fwd, variables=one_init(init_key(seed)),
@@ -139,19 +118,14 @@ def run(config) -> list[dict]:
   regs = list(zip(ob.regularised_of(config), ob.regularised_names(config)))
   tseed = config.tuning.seed
 
-  def score_base(label_smoothing, tag_name):
-    def score(setting):
-      fit = train_base(tseed, setting, label_smoothing, fit_src, 'train_fit', tag_name)
-      return train.evaluate(base_eval, fit.state.variables, eval_batches(val_src))['accuracy']
-    return score
-
   search = {name: tuning.tune(ob.grid(config), lambda s: float(np.mean(
       branch_accuracies(train_one(tseed, s, fit_src, 'train_fit').state.variables,
                         val_src)[1])))}
-  search[base_name] = tuning.tune(ob.grid(config), score_base(0.0, 'baseline'))
+  search[base_name] = tuning.tune(ob.grid(config),
+                                  base_runs.scorer(0.0, 'baseline', fit_src, val_src))
   for b, reg_name in regs:
-    search[reg_name] = tuning.tune(ob.grid(config, b['adamw']),
-                                   score_base(b['label_smoothing'], 'regularised'))
+    score = base_runs.scorer(b['label_smoothing'], 'regularised', fit_src, val_src)
+    search[reg_name] = tuning.tune(ob.grid(config, b['adamw']), score)
 
   params = {}
   records, export_gaps = [], []
@@ -167,10 +141,10 @@ def run(config) -> list[dict]:
     members = []
     for g in range(config.baseline_members):
       s = seed + 1000 * g
-      fit = train_base(s, search[base_name]['chosen'], 0.0, train_src, 'train', f'baseline{g}')
-      ev = train.evaluate(base_eval, fit.state.variables, eval_batches(test_src))
+      fit = base_runs.train(s, search[base_name]['chosen'], 0.0, train_src, 'train', f'baseline{g}')
+      ev = train.evaluate(base_runs.eval_step, fit.state.variables, eval_batches(test_src))
       params['baseline'] = models.count_params(fit.state.params)
-      members.append((base_model, fit.state.variables))
+      members.append((base_runs.model, fit.state.variables))
       add(seed, base_name, f'single model #{g}', 'member', ev['accuracy'], ev['loss'])
     base_members = [r for r in records if r['seed'] == seed and r['kind'] == 'member']
     add(seed, base_name, 'single model (mean over runs)', 'single',
@@ -181,9 +155,9 @@ def run(config) -> list[dict]:
           'ensemble (mean probability)', 'ensemble', ens['accuracy'], ens['nll'],
           ens['disagreement'])
     for b, reg_name in regs:
-      fit = train_base(seed, search[reg_name]['chosen'], b['label_smoothing'], train_src,
-                       'train', 'regularised')
-      ev = train.evaluate(base_eval, fit.state.variables, eval_batches(test_src))
+      fit = base_runs.train(seed, search[reg_name]['chosen'], b['label_smoothing'], train_src,
+                            'train', 'regularised')
+      ev = train.evaluate(base_runs.eval_step, fit.state.variables, eval_batches(test_src))
       add(seed, reg_name, 'single model', 'regularised', ev['accuracy'], ev['loss'])
 
     fit = train_one(seed, search[name]['chosen'], train_src, 'train')

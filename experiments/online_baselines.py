@@ -18,9 +18,19 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import jax
+
 from experiments import tuning
+from experiments.dml import eval_batches
+from experiments.dml import init_key
+from experiments.dml import jit_init
 from experiments.dml import optimizer
+from experiments.dml import run_dir
+from experiments.dml import train_loop
 from kdjax import models
+from kdjax import steps
+from kdjax import train
+from kdjax.state import TrainState
 
 
 def regularised_of(config) -> list[dict]:
@@ -145,6 +155,62 @@ def plain_network(config):
     return models.CifarResNet(depth=config.depth, widths=tuple(config.widths), num_classes=10)
   return models.create('cnn1d', 10, channels=config.channels,
                        kernel_sizes=tuple(config.kernel_sizes))
+
+
+def common_hparams(config) -> dict:
+  """The hyperparameters every run of the experiment shares (they enter the run hashes)."""
+  return {'num_steps': config.num_steps, 'batch_size': config.batch_size,
+          'model': net_kwargs(config), 'data_samples': config.data_samples,
+          'dataset': config.get('dataset', 'mnist1d')}
+
+
+def fit_kwargs(config) -> dict:
+  """The ``experiments.dml.train_loop`` options every run shares."""
+  return dict(num_steps=config.num_steps, batch_size=config.batch_size,
+              progress=config.progress)
+
+
+class PlainRuns:
+  """The plain single network of ONE and BYOT and its (regularised) training runs.
+
+  Attributes:
+    model: the network (:func:`plain_network`).
+    forward: its forward function.
+    eval_step: the jitted evaluation step.
+  """
+
+  def __init__(self, config, sample_x, optimizers: 'Optimizers', timings: list):
+    self.config, self.txs, self.timings = config, optimizers, timings
+    self.model = plain_network(config)
+    self.forward = models.as_forward(self.model)
+    self.init = jit_init(self.model, sample_x)
+    self.eval_step = jax.jit(steps.make_eval_step(self.forward))
+    self._steps = {}  # one compiled train step per label smoothing
+
+  def train(self, seed: int, setting: Mapping[str, Any], label_smoothing: float, src,
+            tag: str, name: str):
+    """Trains one run (checkpointed when ``tag == 'train'``); returns its fit result."""
+    if label_smoothing not in self._steps:
+      self._steps[label_smoothing] = jax.jit(
+          steps.make_train_step(label_smoothing=label_smoothing), donate_argnums=0)
+    state = TrainState.create(apply_fn=self.forward, variables=self.init(init_key(seed)),
+                              tx=self.txs(setting))
+    hp = {**common_hparams(self.config), **setting, 'seed': seed,
+          'label_smoothing': label_smoothing}
+    fit = train_loop(state, self._steps[label_smoothing], src, seed=seed,
+                     # Tuning runs are not checkpointed (saving costs more than retraining).
+                     workdir=run_dir(self.config, seed, name, hp) if tag == 'train' else None,
+                     desc=f'{name} seed {seed} ({tag})', **fit_kwargs(self.config))
+    self.timings.append(fit.seconds)
+    return fit
+
+  def scorer(self, label_smoothing: float, name: str, fit_src, val_src):
+    """``setting -> validation accuracy``: trains on ``fit_src`` with the tuning seed."""
+    def score(setting):
+      fit = self.train(self.config.tuning.seed, setting, label_smoothing, fit_src, 'train_fit',
+                       name)
+      return train.evaluate(self.eval_step, fit.state.variables, eval_batches(val_src))['accuracy']
+    return score
 
 
 def net_kwargs(config) -> dict:
