@@ -69,15 +69,18 @@ SUITE = {
 class _Runner:
   """Runs a compiled step over cycled batches, keeping its (donated) state between calls."""
 
+  steps_per_call = 10
+
   def __init__(self, compiled, state, teacher, batches):
     self.compiled, self.state, self.teacher = compiled, state, teacher
     self.cycle = itertools.cycle(batches)
     self.rng = jax.random.key(0)
-    self.run(3)  # warm-up
+    self.run()  # warm-up
 
-  def run(self, n: int) -> None:
+  def run(self) -> None:
+    """Runs ``steps_per_call`` steps and waits for them."""
     metrics = None
-    for _ in range(n):
+    for _ in range(self.steps_per_call):
       self.state, metrics = self.compiled(self.state, self.teacher, next(self.cycle), self.rng)
     metrics['loss'].block_until_ready()
 
@@ -85,15 +88,15 @@ class _Runner:
     """Steps per second over at least ``min_steps`` steps and ``min_seconds``."""
     n, start = 0, time.perf_counter()
     while n < min_steps or time.perf_counter() - start < min_seconds:
-      self.run(10)
-      n += 10
+      self.run()
+      n += self.steps_per_call
     return n / (time.perf_counter() - start)
 
 
-class _ScanRunner:
+class _ScanRunner(_Runner):
   """Runs all the batches as one compiled ``lax.scan`` chunk per call (fit's compiled path)."""
 
-  def __init__(self, step, state, teacher, batches):
+  def __init__(self, step, state, teacher, batches):  # pylint: disable=super-init-not-called
     self.chunk = make_chunk_fn(step, donate=False)
     self.state, self.teacher = state, teacher
     self.stacked = jax.tree.map(lambda *v: jnp.stack(v), *batches)
@@ -104,14 +107,6 @@ class _ScanRunner:
   def run(self) -> None:
     _, metrics = self.chunk(self.state, self.teacher, self.stacked, self.rng, None)
     metrics['loss'].block_until_ready()
-
-  def rate(self, min_steps: int, min_seconds: float) -> float:
-    """Steps per second over at least ``min_steps`` steps and ``min_seconds``."""
-    n, start = 0, time.perf_counter()
-    while n < min_steps or time.perf_counter() - start < min_seconds:
-      self.run()
-      n += self.steps_per_call
-    return n / (time.perf_counter() - start)
 
 
 def bench_pair(name: str, *, min_steps: int, min_seconds: float, rounds: int = 3,
