@@ -491,7 +491,8 @@ def _tuning_notes(config, facts: Mapping[str, Any], extra: Sequence[str]) -> str
         f'other {facts["fit_size"]} with seed {t.seed}, and the one with the best mean peer '
         'validation accuracy (ties: the first) was then trained on the full training split '
         'for every seed and evaluated on test once (one learning rate for all peers of a '
-        'cohort). Validation accuracy (mean peer) per setting:\n\n'
+        'cohort). ' + tuning.edge_note(facts['tuning'])
+        + ' Validation accuracy (mean peer) per setting:\n\n'
         + tuning.tuning_lines(facts['tuning']) + '\n\n')
   return text
 

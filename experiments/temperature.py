@@ -421,41 +421,6 @@ def setting_label(setting: Mapping[str, Any]) -> str:
   return ', '.join(parts + [f'lr={fmt(setting["learning_rate"])}'])
 
 
-def edge_axes(record: Mapping[str, Any]) -> list[str]:
-  """The hyperparameters whose chosen value is the smallest or largest of its grid.
-
-  Only axes with at least three distinct numeric values count (with two, every
-  choice is at an edge, and the grid is not a search of that axis' range).
-
-  Examples:
-    >>> rec = {'grid': [{'learning_rate': 1e-3, 'k': 1}, {'learning_rate': 3e-3, 'k': 1},
-    ...                 {'learning_rate': 1e-2, 'k': 1}], 'chosen': {'learning_rate': 1e-2, 'k': 1}}
-    >>> edge_axes(rec)
-    ['learning_rate']
-  """
-  out = []
-  for key, value in record['chosen'].items():
-    values = sorted({s[key] for s in record['grid'] if isinstance(s[key], (int, float))})
-    if len(values) >= 3 and value in (values[0], values[-1]):
-      out.append(key)
-  return out
-
-
-def edge_note(tuning_records: Mapping[str, Mapping[str, Any]]) -> str:
-  """A sentence naming every choice at the edge of its grid ('' if none)."""
-  names = {'learning_rate': 'learning rate'}
-  edges = [f'{name} ({", ".join(names.get(a, a) for a in edge_axes(rec))})'
-           for name, rec in tuning_records.items() if edge_axes(rec)]
-  two = sorted({names.get(k, k) for rec in tuning_records.values() for k in rec['chosen']
-                if len({s[k] for s in rec['grid']}) == 2})
-  note = (' Searched over two values only (every choice is an end, so not flagged): '
-          f'{", ".join(two)}.' if two else '')
-  if not edges:
-    return 'No choice searched over three or more values lies at an end of its grid.' + note
-  return ('Chosen values at an end of their grid (a wider grid might move them): '
-          + '; '.join(edges) + '.' + note)
-
-
 def split_sources(config, dataset: str):
   """``(train, test, train minus validation, validation)`` of ``dataset``."""
   train, test = load_data(config, dataset)
@@ -684,7 +649,7 @@ def vs_kd_notes(records, setup, cmp, method_note: str) -> str:
           'Δ columns are paired differences (percentage points); accuracies are mean ± std over '
           'seeds. ' + wall_note(records, setup) + ' Raw numbers: records.json; plots: '
           '<dataset>.png.\n\nValidation accuracy of every setting tried (the grid is in '
-          'setup.json, `facts.tuning`). ' + edge_note(tuned) + '\n\n'
+          'setup.json, `facts.tuning`). ' + tuning.edge_note(tuned) + '\n\n'
           + tuning.tuning_lines(tuned) + '\n\n' + common.comparison_lines(list(cmp.values())))
 
 
@@ -853,7 +818,7 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       'difference (percentage points); accuracies are mean ± std over seeds. '
       + wall_note(records, setup) + ' Raw per-seed numbers: records.json; plots: '
       '<dataset>.png.\n\nValidation accuracy of every setting tried (grids in setup.json, '
-      '`facts.tuning`). ' + edge_note(tuned) + '\n\n' + tuning.tuning_lines(tuned) + '\n\n'
+      '`facts.tuning`). ' + tuning.edge_note(tuned) + '\n\n' + tuning.tuning_lines(tuned) + '\n\n'
       + common.comparison_lines(list(cmp.values())) + '\n\nExploratory (τ curve), '
       + common.comparison_lines(list(cmp_curve.values()))[0].lower()
       + common.comparison_lines(list(cmp_curve.values()))[1:])

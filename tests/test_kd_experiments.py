@@ -44,18 +44,6 @@ def test_setting_label_and_hyperparameters():
   assert temperature.hyperparameters(s) == {'k': 3.0, 'τ': 4.0, 'α': 0.5}
 
 
-def test_edge_axes_flags_ends_of_grids_with_three_or_more_values():
-  grid = [{'learning_rate': lr, 'α': a} for lr in (1e-3, 3e-3, 1e-2) for a in (0.1, 0.5)]
-  rec = {'grid': grid, 'chosen': {'learning_rate': 1e-3, 'α': 0.5}}
-  assert temperature.edge_axes(rec) == ['learning_rate']
-  rec['chosen'] = {'learning_rate': 3e-3, 'α': 0.1}
-  assert temperature.edge_axes(rec) == []
-  note = temperature.edge_note({'d: KD': rec})
-  assert 'No choice' in note and 'two values only' in note and 'α' in note
-  rec['chosen'] = {'learning_rate': 1e-2, 'α': 0.1}
-  assert 'd: KD (learning rate)' in temperature.edge_note({'d: KD': rec})
-
-
 def test_curve_settings_take_the_best_of_each_temperature():
   config = ml_collections.ConfigDict({'tuning': {'learning_rates': (1e-3, 1e-2)}})
   grid = temperature.grid(config, {'τ': (1.0, 4.0), 'α': (0.1, 0.5)})

@@ -58,10 +58,13 @@ def test_dml_quick(quick_config, check_results, results):
   records = check_results(results / 'dml_quick', dml.COLUMNS, rows,
                           ['dml_peers.png', 'dml_delta.png', 'dml_ensemble.png'])
   seeds = set(config.seeds)
+  methods = [m[0] for m in config.methods]
   assert {(r['cohort'], r['peer'], r['method']) for r in records} == {
       (c, p, m) for c, p in [('MLP ×2', 'mean of 2'), ('CNN1D + MLP', 'mean of 2'),
                              ('CNN1D + MLP', 'CNN1D'), ('CNN1D + MLP', 'MLP')]
-      for m in ('DML', 'independent')}
+      for m in methods}
+  facts = json.loads((results / 'dml_quick' / 'setup.json').read_text())['facts']
+  _check_tuning(config, facts, [f'{c}: {m}' for c, _ in config.cohorts for m in methods])
   by = {(r['seed'], r['cohort'], r['peer'], r['method']): r for r in records}
   for (seed, cohort, peer, method), r in by.items():
     assert seed in seeds and 0.0 <= r['accuracy'] <= 1.0
@@ -70,7 +73,7 @@ def test_dml_quick(quick_config, check_results, results):
       ind = by[(seed, cohort, peer, 'independent')]
       assert r['delta_accuracy'] == pytest.approx(r['accuracy'] - ind['accuracy'])
   for seed in seeds:  # the mixed cohort's mean is the mean of its two architectures
-    for method in ('DML', 'independent'):
+    for method in methods:
       parts = [by[(seed, 'CNN1D + MLP', p, method)]['accuracy'] for p in ('CNN1D', 'MLP')]
       assert by[(seed, 'CNN1D + MLP', 'mean of 2', method)]['accuracy'] == pytest.approx(
           np.mean(parts))

@@ -51,3 +51,15 @@ def test_validation_sources_partition_train(tmp_path):
   ids_val = val.read_batch(np.arange(len(val)))['id']
   assert len(fit) + len(val) == len(train)
   assert not set(ids_fit.tolist()) & set(ids_val.tolist())
+
+
+def test_edge_axes_flags_ends_of_grids_with_three_or_more_values():
+  grid = [{'learning_rate': lr, 'α': a} for lr in (1e-3, 3e-3, 1e-2) for a in (0.1, 0.5)]
+  rec = {'grid': grid, 'chosen': {'learning_rate': 1e-3, 'α': 0.5}}
+  assert tuning.edge_axes(rec) == ['learning_rate']
+  rec['chosen'] = {'learning_rate': 3e-3, 'α': 0.1}
+  assert tuning.edge_axes(rec) == []
+  note = tuning.edge_note({'d: KD': rec})
+  assert 'No choice' in note and 'two values only' in note and 'α' in note
+  rec['chosen'] = {'learning_rate': 1e-2, 'α': 0.1}
+  assert 'd: KD (learning rate)' in tuning.edge_note({'d: KD': rec})
