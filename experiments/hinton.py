@@ -67,14 +67,14 @@ def run(config) -> list[dict]:
     elif stage == 'scratch':
       res = runs.train_and_evaluate(
           student, train_data=train_src, num_steps=config.student.num_steps,
-          learning_rate=config.student.learning_rate,
+          learning_rate=config.learning_rates[stage],
           workdir=os.path.join(config.workdir, 'scratch'), desc='student (scratch)', **common)
       row('student from scratch', config.student.model, res, 'labeled train',
           config.student.num_steps)
     elif stage == 'kd':
       res = runs.train_and_evaluate(
           student, train_data=train_src, num_steps=config.student.num_steps,
-          learning_rate=config.student.learning_rate, terms=kd_terms, teacher=teacher,
+          learning_rate=config.learning_rates[stage], terms=kd_terms, teacher=teacher,
           teacher_checkpoint=teacher_ckpt, workdir=os.path.join(config.workdir, 'kd'),
           desc='student (KD)', **common)
       row(f'KD student (tau={config.kd.temperature:g}, alpha={config.kd.alpha:g})',
@@ -96,7 +96,7 @@ def run(config) -> list[dict]:
       needs_teacher = not labeled
       res = runs.train_and_evaluate(
           student, train_data=transfer[labeled], num_steps=config.transfer.num_steps,
-          learning_rate=config.transfer.learning_rate, terms=objective,
+          learning_rate=config.learning_rates[stage], terms=objective,
           teacher=teacher if needs_teacher else None,
           teacher_checkpoint=teacher_ckpt if needs_teacher else None,
           workdir=os.path.join(config.workdir, stage), desc=f'student ({stage})', **common)

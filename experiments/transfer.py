@@ -189,6 +189,21 @@ def _chosen(records, method: str) -> Mapping[str, Any]:
   return next(r for r in records if r['phase'] == 'test' and r['method'] == method)
 
 
+def chosen_settings(records: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+  """Each method's validation choice, ``{'learning_rate', 'temperature'}``, in a run's records.
+
+  The demo (``experiments/configs/demo.py``) trains with these.
+
+  Examples:
+    >>> recs = [{'phase': 'test', 'method': m, 'seed': 0, 'learning_rate': 0.01,
+    ...          'temperature': 2.0 if m == TRANSFER_KD else None} for m in METHODS]
+    >>> chosen_settings(recs)[TRANSFER_KD]
+    {'learning_rate': 0.01, 'temperature': 2.0}
+  """
+  return {m: {k: _chosen(records, m)[k] for k in ('learning_rate', 'temperature')}
+          for m in METHODS}
+
+
 def readme_sentence(records: Sequence[Mapping[str, Any]]) -> str:
   """The sentence the README quotes about the demo's comparison, generated from ``records``."""
   test = [r for r in records if r['phase'] == 'test']

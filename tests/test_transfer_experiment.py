@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from experiments import common
 from experiments import transfer
 from experiments.configs import transfer as transfer_config
 
@@ -36,6 +37,28 @@ def test_the_tuning_trials_are_searched_like_experiments_tuning():
   assert [(g['learning_rate'], g['temperature']) for g in
           transfer.grid(config, transfer.TRANSFER_KD)[:4]] == [
               (1e-3, 1.0), (1e-3, 2.0), (1e-3, 4.0), (3e-3, 1.0)]
+
+
+def test_the_demo_is_one_seed_of_the_transfer_design_with_its_validation_choices():
+  from experiments.configs import demo
+  config = demo.get_config()
+  records, setup = common.load_results(demo.TRANSFER_RESULTS)
+  design = common.config_of(setup)
+  tests = [r for r in records if r['phase'] == 'test']
+  for stage, method in demo.STAGE_METHODS.items():
+    tuned = [r for r in records if r['phase'] == 'tuning' and r['method'] == method]
+    best = max(tuned, key=lambda r: r['validation_accuracy'])  # ties: the first
+    assert config.learning_rates[stage] == best['learning_rate']
+    assert {r['learning_rate'] for r in tests if r['method'] == method} == {
+        config.learning_rates[stage]}
+    if method == transfer.TRANSFER_KD:
+      assert config.transfer.temperature == best['temperature']
+  assert config.teacher.learning_rate == design.teacher.learning_rate
+  assert config.teacher.num_steps == design.teacher.num_steps
+  assert config.student.num_steps == design.labeled_steps
+  assert config.transfer.num_steps == design.transfer_steps
+  assert (config.kd.alpha, config.kd.temperature) == (design.kd.alpha, design.kd.temperature)
+  assert config.batch_size == design.batch_size
 
 
 def test_readme_quotes_the_committed_results_word_for_word():
