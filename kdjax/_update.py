@@ -225,12 +225,13 @@ class UpdateInfo(NamedTuple):
     aux: the loss function's auxiliary output (device-summed where it is
       ``parts``; see :func:`update`).
     grads: the device-summed gradients, shaped like ``state.trainable``.
-    finite: boolean scalar; False when the update was non-finite.
+    applied: boolean scalar; False when the update was skipped (non-finite
+      with ``skip_nonfinite``, or ``ok`` False).
   """
   loss: jax.Array
   aux: Any
   grads: Any
-  finite: jax.Array
+  applied: jax.Array
 
 
 def value_and_grads(loss_fn: Callable, trainable: Any, *, axis_name: Optional[str] = None):
@@ -255,7 +256,8 @@ def value_and_grads(loss_fn: Callable, trainable: Any, *, axis_name: Optional[st
 
 
 def apply_guarded(state: Any, grads: Any, loss: jax.Array, model_state: Any, *,
-                  axis_name: Optional[str] = None, skip_nonfinite: bool = True):
+                  axis_name: Optional[str] = None, skip_nonfinite: bool = True,
+                  ok: Optional[jax.Array] = None):
   """Applies ``grads`` to ``state``, keeping the old state if anything is non-finite.
 
   Args:
@@ -269,22 +271,30 @@ def apply_guarded(state: Any, grads: Any, loss: jax.Array, model_state: Any, *,
     skip_nonfinite: keep the old state (parameters, optimizer state, step)
       when ``loss`` or a gradient is not finite (or the gradient norm
       overflows).
+    ok: optional boolean scalar, the same on every device (e.g. "every
+      teacher-cache row was found"); False keeps the old state whatever
+      ``skip_nonfinite`` says. It joins the finite check in the one
+      ``select``.
 
   Returns:
-    ``(new_state, finite)``.
+    ``(new_state, applied)``: ``applied`` is False when the old state was kept.
   """
   new_state = state.apply_gradients(grads, model_state=pmean_model_state(model_state, axis_name))
   # One fused reduction: the norm is non-finite iff a gradient is (or its
   # square overflows float32, which is no usable update either); XLA shares it
   # with the ``grad_norm`` metric.
-  finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-  if skip_nonfinite:
-    new_state = select(finite, new_state, state)
-  return new_state, finite
+  applied = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+  if not skip_nonfinite:
+    applied = jnp.ones_like(applied)
+  if ok is not None:
+    applied = applied & jnp.asarray(ok, bool)
+  if skip_nonfinite or ok is not None:
+    new_state = select(applied, new_state, state)
+  return new_state, applied
 
 
 def update(state: Any, loss_fn: Callable, rng: jax.Array, *, axis_name: Optional[str] = None,
-           skip_nonfinite: bool = True):
+           skip_nonfinite: bool = True, ok: Optional[jax.Array] = None):
   """One guarded optimizer update of ``state`` on ``loss_fn``.
 
   Args:
@@ -299,6 +309,7 @@ def update(state: Any, loss_fn: Callable, rng: jax.Array, *, axis_name: Optional
     rng: the run's base key.
     axis_name: data-parallel device axis under ``pmap`` / ``shard_map``.
     skip_nonfinite: see :func:`apply_guarded`.
+    ok: see :func:`apply_guarded`.
 
   Returns:
     ``(new_state, info, metrics)``: the :class:`UpdateInfo` (``aux`` is
@@ -326,16 +337,16 @@ def update(state: Any, loss_fn: Callable, rng: jax.Array, *, axis_name: Optional
   loss, (model_state, parts, aux), grads = value_and_grads(
       inner, state.trainable, axis_name=axis_name)
   parts = psum(parts, axis_name)
-  new_state, finite = apply_guarded(state, grads, loss, model_state, axis_name=axis_name,
-                                    skip_nonfinite=skip_nonfinite)
+  new_state, applied = apply_guarded(state, grads, loss, model_state, axis_name=axis_name,
+                                     skip_nonfinite=skip_nonfinite, ok=ok)
   metrics = {'loss': loss, **{f'loss/{k}': v for k, v in parts.items()},
-             **update_metrics(grads, finite)}
-  return new_state, UpdateInfo(loss, (parts, aux), grads, finite), metrics
+             **update_metrics(grads, applied)}
+  return new_state, UpdateInfo(loss, (parts, aux), grads, applied), metrics
 
 
-def update_metrics(grads: Any, finite: jax.Array) -> dict:
+def update_metrics(grads: Any, applied: jax.Array) -> dict:
   """``{'grad_norm', 'skipped'}`` of one update."""
-  return {'grad_norm': optax.tree.norm(grads), 'skipped': 1 - finite.astype(jnp.int32)}
+  return {'grad_norm': optax.tree.norm(grads), 'skipped': 1 - applied.astype(jnp.int32)}
 
 
 def accuracy_metrics(logits: jax.Array, batch: Mapping[str, Any], *,

@@ -52,7 +52,6 @@ from kdjax import data as kdata
 from kdjax import steps
 from kdjax.models._wrap import as_forward
 from kdjax.models._wrap import ModelOutput
-from kdjax.state import select
 
 
 TARGETS = ('topk', 'renormalized')
@@ -797,11 +796,10 @@ def make_cached_distill_step(terms: Sequence[steps.Term],
     misses = sum(count_misses(by_name[n], batch) for n in names)
     if axis_name is not None:
       misses = jax.lax.psum(misses, axis_name)
-    new_state, metrics = inner(state, outs[names[0]] if single else outs, batch, rng)
-    ok = misses == 0
-    new_state = select(ok, new_state, state)
+    # The miss predicate joins the non-finite guard: one select over the state.
+    new_state, metrics = inner(state, outs[names[0]] if single else outs, batch, rng,
+                               ok=misses == 0)
     metrics['cache_misses'] = misses
-    metrics['skipped'] = jnp.maximum(metrics['skipped'], (~ok).astype(metrics['skipped'].dtype))
     return new_state, metrics
 
   return step

@@ -480,12 +480,12 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
                                    skip_nonfinite=skip_nonfinite)
 
     if stacked:
-      new_peers, finite = _map(apply, True, peers, grads, per_peer, model_states)
+      new_peers, applied = _map(apply, True, peers, grads, per_peer, model_states)
     else:
       pairs = _map(apply, False, peers, grads, tuple(per_peer), model_states)
-      new_peers, finite = tuple(p for p, _ in pairs), jnp.stack([f for _, f in pairs])
+      new_peers, applied = tuple(p for p, _ in pairs), jnp.stack([f for _, f in pairs])
     if skip_nonfinite:
-      num_updated = jnp.sum(finite.astype(jnp.int32))
+      num_updated = jnp.sum(applied.astype(jnp.int32))
       if peer_axis_name is not None:
         num_updated = jax.lax.psum(num_updated, peer_axis_name)
       advance = (num_updated > 0).astype(jnp.int32)
@@ -497,7 +497,7 @@ def make_cohort_step(*, temperature: float = 1.0, ce_weight: float = 1.0,
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)  # [local, B]
     accuracy = psum(jax.vmap(lambda v: batch_mean(v, mask, axis_name))(correct))
     grad_norm = _vector(_map(optax.tree.norm, stacked, grads), stacked)
-    skipped = 1 - finite.astype(jnp.int32)
+    skipped = 1 - applied.astype(jnp.int32)
     vectors = {'loss': per_peer, 'ce': ce, 'kl': kl, 'accuracy': accuracy,
                'grad_norm': grad_norm, 'skipped': skipped}
     vectors = {name: axis.gather_exact(v) for name, v in vectors.items()}  # [K] each

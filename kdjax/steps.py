@@ -448,11 +448,14 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
       them for very many classes).
 
   Returns:
-    ``step(state, teacher_variables, batch, rng) -> (state, metrics)`` where
-    ``teacher_variables`` is one teacher's variables (single teacher), a dict
-    of them by name, or ``None``; ``batch`` has ``'x'`` and optionally
-    ``'label'``, a boolean ``'mask'`` and ``'id'`` (example ids, for terms
-    with a memory bank such as :func:`crd`); ``metrics`` is a flat dict of
+    ``step(state, teacher_variables, batch, rng, *, ok=None) -> (state, metrics)``
+    where ``teacher_variables`` is one teacher's variables (single teacher), a dict
+    of them by name, or ``None``; ``ok`` an optional boolean scalar, False to
+    keep the old state (``metrics['skipped'] = 1``, e.g. when a teacher
+    output is missing; it shares the non-finite guard's ``select``);
+    ``batch`` has ``'x'`` and optionally ``'label'``, a boolean ``'mask'``
+    and ``'id'`` (example ids, for terms with a memory bank such as
+    :func:`crd`); ``metrics`` is a flat dict of
     scalars: ``loss``, ``loss/<term>`` (and ``loss/<term>/<part>`` for the
     extra losses of a term module), and with labels ``ce``,
     ``accuracy``, ``invalid_labels`` and ``invalid_label``, per teacher
@@ -481,7 +484,7 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
   teacher_fns, single = _normalise_teachers(teachers)
   objective = make_objective(terms, list(teacher_fns), axis_name=axis_name)
 
-  def step(state: TrainState, teacher_variables, batch, rng):
+  def step(state: TrainState, teacher_variables, batch, rng, *, ok=None):
     if teacher_fns and teacher_variables is None:
       raise ValueError('`teacher_variables` is None, but the step was built with teachers.')
     tvars = {DEFAULT_TEACHER: teacher_variables} if single else (teacher_variables or {})
@@ -501,11 +504,11 @@ def make_distill_step(terms: Sequence[Term], teachers: Teachers = None, *,
       return loss, (out.model_state, parts, (out.logits, clean, label_metrics, term_state))
 
     new_state, info, metrics = _update.update(
-        state, loss_fn, rng, axis_name=axis_name, skip_nonfinite=skip_nonfinite)
+        state, loss_fn, rng, axis_name=axis_name, skip_nonfinite=skip_nonfinite, ok=ok)
     _, (logits, clean, label_metrics, term_state) = info.aux
     if term_state:  # e.g. CRD's memory banks; a skipped update keeps the old state
-      new_state = new_state.replace(term_state=select(info.finite, term_state, state.term_state)
-                                    if skip_nonfinite else term_state)
+      new_state = new_state.replace(term_state=select(info.applied, term_state, state.term_state)
+                                    if skip_nonfinite or ok is not None else term_state)
     metrics.update(label_metrics)
     metrics.update(_update.accuracy_metrics(logits, clean, axis_name=axis_name,
                                             cross_entropy=losses.cross_entropy))

@@ -130,6 +130,24 @@ def test_nonfinite_update_is_skipped_and_reported(student, teacher):
   assert int(new.step) == 0
 
 
+@pytest.mark.parametrize('skip_nonfinite', [True, False])
+def test_ok_false_keeps_the_state_in_the_same_guard(student, teacher, skip_nonfinite):
+  t_fwd, t_vars = teacher
+  step = jax.jit(steps.make_distill_step([steps.task_ce(), steps.soft_kd()], t_fwd,
+                                         skip_nonfinite=skip_nonfinite))
+  batch, key = _batch(), jax.random.key(0)
+  kept, m = step(student, t_vars, batch, key, ok=jnp.asarray(False))
+  assert int(m['skipped']) == 1 and int(kept.step) == 0
+  chex.assert_trees_all_equal(kept.params, student.params)
+  chex.assert_trees_all_equal(kept.opt_state, student.opt_state)
+  # ok=True is the unguarded update, bit for bit.
+  applied, m = step(student, t_vars, batch, key, ok=jnp.asarray(True))
+  plain, _ = step(student, t_vars, batch, key)
+  assert int(m['skipped']) == 0 and int(applied.step) == 1
+  chex.assert_trees_all_equal(applied.params, plain.params)
+  assert np.any(np.asarray(applied.params['w']) != np.asarray(student.params['w']))
+
+
 def test_guard_skips_an_inf_gradient_and_an_overflowing_norm(student):
   step = jax.jit(steps.make_train_step())
   for scale in (np.inf, 1e30):  # 1e30 is finite, its square is not: no usable update
