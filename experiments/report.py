@@ -111,7 +111,35 @@ def read_summary(out_dir: str) -> dict | None:
     if not entry['data']:
       entry['data'] = ', '.join(sorted({str(r['dataset']) for r in records if 'dataset' in r}))
   entry['command'] = entry['command'].strip('`')
+  entry['seconds'] = recorded_seconds(out_dir)
   return entry
+
+
+def recorded_seconds(out_dir: str) -> float | None:
+  """The run time a results directory's ``setup.json`` records, or None.
+
+  Its ``wall_seconds`` (or ``total_seconds``) if recorded, else the sum of its
+  ``*_seconds`` facts (training, tuning, ...).
+
+  Examples:
+    >>> import json, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with open(os.path.join(d, 'setup.json'), 'w') as f:
+    ...   json.dump({'facts': {'train_seconds': 60.0, 'classifier_seconds': 3.0}}, f)
+    >>> recorded_seconds(d)
+    63.0
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out_dir, 'setup.json')
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    facts = json.load(f).get('facts', {})
+  for key in ('wall_seconds', 'total_seconds'):
+    if key in facts:
+      return float(facts[key])
+  parts = [float(v) for k, v in facts.items() if k.endswith('_seconds')]
+  return sum(parts) if parts else None
 
 
 INDEX_HEAD = '''# Experiments
@@ -227,7 +255,7 @@ def index_text(root: str = RESULTS) -> str:
   Every directory under ``root`` with a ``results.md`` (with finding and verdict
   lines) and a ``records.json`` is listed, in path order; smoke-run outputs are not.
   """
-  rows, sections = [], []
+  rows, sections, times = [], [], []
   for path, dirs, _ in sorted(os.walk(root)):
     dirs.sort()
     entry = read_summary(path) if _committed(path, root) else None
@@ -235,14 +263,24 @@ def index_text(root: str = RESULTS) -> str:
       continue
     name = os.path.relpath(path, root)
     command = f'`{entry["command"]}`' if entry['command'] else '—'
+    seconds = entry['seconds']
     rows.append({'experiment': f'[{name}](#{_anchor(name)})', 'title': _cell(entry['title']),
-                 'data': _cell(entry['data']), 'seeds': _cell(entry['seeds'])})
+                 'data': _cell(entry['data']), 'seeds': _cell(entry['seeds']),
+                 'run time (min)': '—' if seconds is None else f'{seconds / 60:.0f}'})
+    times.append(seconds)
     sections.append(
         f'### {name}\n\n[{entry["title"]}](results/{name}/results.md)\n\n'
         f'- **Command:** {command}\n- **Finding tested:** {entry["finding"]}\n'
         f'- **Data:** {entry["data"] or "—"}; **seeds:** {entry["seeds"] or "—"}\n'
         f'- **Verdict (generated):** {entry["verdict"]}\n')
-  table = markdown_table(rows, ['experiment', 'title', 'data', 'seeds'])
+  table = markdown_table(rows, ['experiment', 'title', 'data', 'seeds', 'run time (min)'])
+  known = [t for t in times if t is not None]
+  table += (
+      f'\n\nRun time: what each committed run recorded in its `setup.json` (training and '
+      f'tuning; often on cores shared with other runs). Their sum, {sum(known) / 3600:.1f} h '
+      f'over {len(known)} of the {len(times)} results ({len(times) - len(known)} recorded no '
+      'time), estimates `make experiments` on 2 cores; a measured end-to-end run of it '
+      'writes `results/timing.json`.')
   bench = markdown_table(_BENCHMARKS, ['benchmark', 'compares', 'command', 'results'])
   return (INDEX_HEAD + '\n' + table + '\n\n' + '\n'.join(sections)
           + INDEX_TAIL.replace('{bench}', bench))
