@@ -385,7 +385,7 @@ def run(config) -> list[dict]:
     built[key] = _Model(config, spec, sample)
 
   # 1. Validation search with the tuning seed (not checkpointed: cheaper to retrain).
-  searches = {}
+  searches, tuning_runs = {}, []  # tuning_runs: (training seconds, read back from the workdir)
   for key in config.run_models:
     spec, m = config.models[key], built[key]
     for method in methods_of(config, spec.size):
@@ -397,7 +397,9 @@ def run(config) -> list[dict]:
                             f'{_slug(spec.label)}-{_slug(method["name"])}-{_digest(hparams)}.json')
         if os.path.isfile(path):
           with open(path) as f:
-            return json.load(f)['validation_accuracy']
+            saved = json.load(f)
+          tuning_runs.append((saved['seconds'], True))
+          return saved['validation_accuracy']
         init_rng, step_rng = _seed_keys(t.seed)
         state, step, export = m.build(method, setting, init_rng)
         _, metrics, seconds, _ = fit_and_evaluate(
@@ -405,6 +407,7 @@ def run(config) -> list[dict]:
             eval_step=m.eval_step, export=export, seed=t.seed, rng=step_rng, workdir=None,
             desc=f'{spec.label} {method["name"]} tuning', **fit_kw)
         acc = metrics['validation_accuracy']
+        tuning_runs.append((seconds, False))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, 'w') as f:
           json.dump({'validation_accuracy': acc, 'seconds': seconds, 'hparams': hparams}, f,
@@ -462,6 +465,8 @@ def run(config) -> list[dict]:
       facts={'train_size': len(train_src), 'fit_size': len(fit_src),
              'validation_size': len(val_src), 'test_size': len(test_src),
              'tuning': searches, 'tuning_seconds': tuning_seconds,
+             'tuning_run_seconds': sum(sec for sec, _ in tuning_runs),
+             'tuning_runs_read_back': sum(cached for _, cached in tuning_runs),
              'total_seconds': time.perf_counter() - t_start})
   return report(common.load_results(out)[0], setup, out)
 
@@ -539,13 +544,24 @@ def report(records: list[dict], setup: dict, out: str) -> list[dict]:
       f'`records.json`. Wall time of the whole run {facts["total_seconds"]:.0f} s, of which the '
       f'validation search {facts["tuning_seconds"]:.0f} s '
       f'({sum(bool(r.get("resumed")) for r in records)} of {len(records)} evaluation runs '
-      'restored from complete checkpoints in the workdir).'
+      'restored from complete checkpoints in the workdir).' + _read_back(facts)
       + (f'\n\n{config.notes}' if config.get('notes') else ''))
   common.write_results(
       config.results, rows, COLUMNS, title=f'NetAug: tiny vs large models on {dataset}',
       finding=FINDING, verdict=verdict, command=setup['command'], notes=notes, out_dir=out,
       dataset=dataset, seeds=seeds)
   return rows
+
+
+def _read_back(facts) -> str:
+  """The note on tuning runs whose scores were read back from an earlier launch's workdir."""
+  n = facts.get('tuning_runs_read_back', 0)
+  if not n:
+    return ''
+  total = sum(len(t['grid']) for t in facts['tuning'].values())
+  return (f' {n} of the {total} validation runs were read back from the workdir, where an '
+          'earlier launch with the same settings (the first seeds of this table) had saved '
+          f'their scores; their training took {facts["tuning_run_seconds"]:.0f} s in all.')
 
 
 def _versus_regularised(cmp: Mapping[str, stats.Comparison], records) -> str:
