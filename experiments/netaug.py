@@ -54,7 +54,6 @@ from experiments import online_baselines
 from experiments import stats
 from experiments import tuning
 from experiments.takd import DATASETS
-from experiments.weight_distillation import edge_choices
 from kdjax import checkpoint
 from kdjax import data as kdata
 from kdjax import models
@@ -628,7 +627,7 @@ def _ablation_text(config) -> str:
 
 def _tuning_text(config, facts) -> str:
   t = config.tuning
-  edges = edge_choices(facts['tuning'])
+  edges = tuning.edge_choices(facts['tuning'])
   edge_note = ('**At the edge of the grid:** ' + '; '.join(edges) + ' (a wider grid might move '
                'these choices).' if edges else 'No chosen value lies at an end of its grid.')
   narrowed = dict(t.get('narrowed_from') or {})

@@ -16,7 +16,7 @@ scikit-learn digits (``config.net = 'resnet'``).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 
@@ -56,26 +56,6 @@ def grid(config, adamw: bool = False) -> list[dict]:
   return tuning.grid_of(**axes)
 
 
-def at_edge(search: Mapping[str, Mapping[str, Any]],
-            axes: Mapping[str, Sequence[float]]) -> list[str]:
-  """``'<method>: <axis>'`` for every choice at an end of its grid axis (axes of > 1 value).
-
-  Examples:
-    >>> search = {'A': {'chosen': {'learning_rate': 0.1}},
-    ...           'B': {'chosen': {'learning_rate': 0.01, 'weight_decay': 1.0}}}
-    >>> at_edge(search, {'learning_rate': (0.001, 0.01, 0.1), 'weight_decay': (0.01, 1.0)})
-    ['A: learning rate', 'B: weight decay']
-  """
-  out = []
-  for name, t in search.items():
-    for axis, values in axes.items():
-      values = sorted(float(v) for v in values)
-      if axis in t['chosen'] and len(values) > 1 and float(t['chosen'][axis]) in (
-          values[0], values[-1]):
-        out.append(f'{name}: {axis.replace("_", " ")}')
-  return out
-
-
 def tuning_notes(config, facts: Mapping[str, Any], score: str) -> str:
   """The Markdown paragraph on the validation search (grid, choices, edge flags).
 
@@ -87,8 +67,7 @@ def tuning_notes(config, facts: Mapping[str, Any], score: str) -> str:
       branches'``.
   """
   t = config.tuning
-  edge = at_edge(facts['tuning'], {'learning_rate': t.learning_rates,
-                                   'weight_decay': t.weight_decays})
+  edge = tuning.edge_choices(facts['tuning'])
   edge_note = (' **At the edge of the grid:** ' + '; '.join(edge) + ' (a wider grid might move '
                'these choices).' if edge else ' No choice lies at an end of its grid.')
   return (

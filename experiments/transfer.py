@@ -264,10 +264,9 @@ def report(records: list[dict], setup: dict, out_dir: str) -> list[dict]:
       f'{outcome}: soft targets vs the teacher\'s hard labels on the same transfer inputs '
       f'{stats.summary(soft_hard)}. ' + readme_sentence(records))
   searches = {m: _search([t for t in tried if t['method'] == m]) for m in METHODS}
-  rates = sorted(float(v) for v in config.grid.learning_rate)
-  edge = [m for m, c in searches.items() if c['chosen']['learning_rate'] in (rates[0], rates[-1])]
-  edge_note = (f' The chosen learning rate lies at an end of the grid for {", ".join(edge)}: a '
-               'wider grid might move it.' if edge else '')
+  edge = tuning.edge_choices(searches)
+  edge_note = (f' Chosen values at an end of their grid (a wider grid might move them): '
+               f'{"; ".join(edge)}.' if edge else '')
   notes = (
       f'Setup: MNIST-1D ({facts["train_size"]} labeled train / {facts["test_size"]} test); '
       f'transfer inputs: {facts["transfer_size"]:,} generated with seed '

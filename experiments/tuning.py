@@ -118,11 +118,12 @@ def tuning_lines(tuning: Mapping[str, Mapping[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def edge_axes(record: Mapping[str, Any]) -> list[str]:
+def edge_axes(record: Mapping[str, Any], *, min_values: int = 3) -> list[str]:
   """The hyperparameters whose chosen value is the smallest or largest of its grid.
 
-  Only axes with at least three distinct numeric values count (with two, every
-  choice is at an edge, and the grid is not a search of that axis' range).
+  Only axes with at least ``min_values`` distinct numeric values count (by
+  default three: with two, every choice is at an edge, and the grid is not a
+  search of that axis' range; with one, nothing was searched).
 
   Examples:
     >>> rec = {'grid': [{'learning_rate': 1e-3, 'k': 1}, {'learning_rate': 3e-3, 'k': 1},
@@ -132,10 +133,27 @@ def edge_axes(record: Mapping[str, Any]) -> list[str]:
   """
   out = []
   for key, value in record['chosen'].items():
-    values = sorted({s[key] for s in record['grid'] if isinstance(s[key], (int, float))})
-    if len(values) >= 3 and value in (values[0], values[-1]):
+    values = sorted({s[key] for s in record['grid'] if isinstance(s.get(key), (int, float))})
+    if len(values) >= max(min_values, 2) and value in (values[0], values[-1]):
       out.append(key)
   return out
+
+
+def edge_choices(searches: Mapping[str, Mapping[str, Any]], *,
+                 min_values: int = 2) -> list[str]:
+  """``'<search> (<axis> <value>)'`` for every choice at an end of its grid axis.
+
+  Axes of fewer than ``min_values`` values are not searches of a range (see
+  :func:`edge_axes`).
+
+  Examples:
+    >>> t = tune([{'learning_rate': 1e-3}, {'learning_rate': 1e-2}],
+    ...          lambda s: 1e3 * s['learning_rate'])
+    >>> edge_choices({'KD': t, 'one': tune([{'learning_rate': 1e-2}], lambda s: 0.5)})
+    ['KD (learning_rate 0.01)']
+  """
+  return [f'{name} ({axis} {t["chosen"][axis]:g})' for name, t in searches.items()
+          for axis in edge_axes(t, min_values=min_values)]
 
 
 def edge_note(tuning_records: Mapping[str, Mapping[str, Any]]) -> str:

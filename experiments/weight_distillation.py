@@ -108,26 +108,6 @@ def tuning_grids(config) -> dict[str, list[dict]]:
   return grids
 
 
-def edge_choices(searches: Mapping[str, Mapping[str, Any]]) -> list[str]:
-  """The searches whose chosen value of an axis lies at an end of that axis's grid.
-
-  An axis with a single value is not an edge (nothing was searched).
-
-  Examples:
-    >>> t = tuning.tune([{'learning_rate': 1e-3}, {'learning_rate': 1e-2}],
-    ...                 lambda s: 1e3 * s['learning_rate'])
-    >>> edge_choices({'KD': t, 'one': tuning.tune([{'learning_rate': 1e-2}], lambda s: 0.5)})
-    ['KD (learning_rate 0.01)']
-  """
-  out = []
-  for name, t in searches.items():
-    for axis, value in t['chosen'].items():
-      values = sorted({s[axis] for s in t['grid']})
-      if len(values) > 1 and value in (values[0], values[-1]):
-        out.append(f'{name} ({axis} {value:g})')
-  return out
-
-
 def format_setting(setting: Mapping[str, Any]) -> str:
   """``{'phase1_learning_rate': 1e-3, 'learning_rate': 1e-2}`` -> ``'phase 1 lr 0.001, lr 0.01'``.
 
@@ -439,7 +419,7 @@ def report(records: list[dict], setup: dict, out: str) -> list[dict]:
       f'{stats.format_delta(gap)} points (95% CI {stats.format_ci(gap)}, paired t, outside the '
       'Holm family).')
   resumed = sum(bool(r.get('resumed')) for r in records)
-  edges = edge_choices(facts['tuning'])
+  edges = tuning.edge_choices(facts['tuning'])
   tn = config.tuning
   widened = dict(tn.get('widened_from') or {})
   edge_note = ('The chosen value lies at an end of its grid for ' + ', '.join(edges) + ': a wider '

@@ -240,13 +240,6 @@ def test_regularised_baselines_and_grids_of_the_configs():
       module.get_config('nope')
 
 
-def test_at_edge_flags_only_choices_at_an_end_of_a_grid_axis():
-  axes = {'learning_rate': (1e-3, 1e-2, 1e-1), 'weight_decay': (0.1,)}
-  search = {'mid': {'chosen': {'learning_rate': 1e-2}},
-            'low': {'chosen': {'learning_rate': 1e-3, 'weight_decay': 0.1}}}
-  assert online_baselines.at_edge(search, axes) == ['low: learning rate']  # 1-value axis: no flag
-
-
 def test_optimizers_are_shared_per_setting_and_adamw_decays():
   txs = online_baselines.Optimizers(10)
   a = txs({'learning_rate': 1e-2})

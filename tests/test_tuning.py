@@ -63,3 +63,14 @@ def test_edge_axes_flags_ends_of_grids_with_three_or_more_values():
   assert 'No choice' in note and 'two values only' in note and 'α' in note
   rec['chosen'] = {'learning_rate': 1e-2, 'α': 0.1}
   assert 'd: KD (learning rate)' in tuning.edge_note({'d: KD': rec})
+
+
+def test_edge_choices_flags_only_searched_ends():
+  grid = tuning.grid_of(phase1_learning_rate=(1e-4, 1e-3, 1e-2), learning_rate=(1e-3, 1e-2))
+  scores = {(1e-3, 1e-2): 0.9}  # the middle phase-1 rate, the top learning rate
+  t = tuning.tune(grid, lambda s: scores.get((s['phase1_learning_rate'], s['learning_rate']), 0.1))
+  middle = tuning.tune(tuning.grid_of(learning_rate=(1e-3, 3e-3, 1e-2)),
+                       lambda s: -abs(s['learning_rate'] - 3e-3))
+  single = tuning.tune([{'learning_rate': 1e-2}], lambda s: 0.5)
+  assert tuning.edge_choices({'WD': t, 'KD': middle, 'teacher': single}) == [
+      'WD (learning_rate 0.01)']

@@ -46,17 +46,6 @@ def test_labels_and_settings():
       'phase 1 lr 0.0001, lr 0.03')
 
 
-def test_edge_choices_flags_only_searched_ends():
-  grid = tuning.grid_of(phase1_learning_rate=(1e-4, 1e-3, 1e-2), learning_rate=(1e-3, 1e-2))
-  scores = {(1e-3, 1e-2): 0.9}  # the middle phase-1 rate, the top learning rate
-  t = tuning.tune(grid, lambda s: scores.get((s['phase1_learning_rate'], s['learning_rate']), 0.1))
-  middle = tuning.tune(tuning.grid_of(learning_rate=(1e-3, 3e-3, 1e-2)),
-                       lambda s: -abs(s['learning_rate'] - 3e-3))
-  single = tuning.tune([{'learning_rate': 1e-2}], lambda s: 0.5)
-  assert wd.edge_choices({'WD': t, 'KD': middle, 'teacher': single}) == [
-      'WD (learning_rate 0.01)']
-
-
 def _records(deltas_kd, deltas_wd, seeds=range(5)):
   """Synthetic per-seed records: scratch at 0.8, KD and WD offset from it."""
   recs = []
