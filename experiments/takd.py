@@ -6,6 +6,14 @@ assistant, and the full ladder) by :func:`kdjax.schemes.takd_sweep`, for each
 configured student, with the same KD objective in every link; each student is
 also trained from scratch with the same seed (so the comparisons are paired).
 
+With ``config.tuning`` (:func:`tune`), every learning rate of a run from scratch
+and every distilled model's KD setting (learning rate, α, τ) are chosen on a
+stratified validation split of the training set with a tuning seed that is not
+an evaluation seed (:mod:`experiments.tuning`); the teacher keeps a fixed, stated
+learning rate. The chosen settings are then trained on the full training split
+for every seed and evaluated on test once; the results list every grid with
+its validation accuracies and flag a choice at an end of its grid.
+
 Usable from a notebook::
 
     from experiments import takd
@@ -50,6 +58,10 @@ FINDING = ('TAKD (Mirzadeh et al. 2020): when the teacher/student '
            'and the full chain of assistants is best.')
 
 
+HISTORY = ('Design change after earlier runs: the results these replace trained every student '
+           'and link with hand-picked, untuned settings (the config\'s `student_lr` and `kd`) '
+           'and fewer seeds; the validation tuning and the larger seed set were adopted after '
+           'them, with the same ladders, steps and batch sizes.')
 DATASETS = {'mnist1d': 'MNIST-1D', 'digits': 'scikit-learn digits'}
 
 
@@ -534,6 +546,7 @@ def tuned_setup_note(setup: Mapping[str, Any]) -> str:
       'trained on the full training split for every evaluation seed and evaluated on test once. '
       + temperature.edge_note(f['tuning'])
       + (f' {t.design_note}' if t.get('design_note') else '')
+      + (f' {HISTORY}' if config.mode in ('default', 'digits') else '')
       + '\n\nValidation accuracy per setting:\n\n' + tuning.tuning_lines(f['tuning'])
       + f'\n\nWall time of the run (tuning and evaluation, shared 2-core CPU): '
       f'{f["wall_seconds"]:.0f} s, of which tuning {f["tuning_seconds"]:.0f} s '

@@ -41,9 +41,10 @@ teacher's variance enters the paired comparisons. Grids, chosen settings and
 validation accuracies are in ``setup.json`` (``facts['tuning']``) and the
 results; a choice at an end of its grid is flagged there.
 
-Design history: the results before the tuned protocol used ``student_lr`` and
-``kd`` for every run and three seeds; the tuned runs replace them (same ladders,
-steps and batch sizes).
+Design history: the results before the tuned protocol used the hand-picked
+``student_lr`` and ``kd`` for every run and fewer seeds; the tuned runs replace
+them (same ladders, steps and batch sizes; the results of the ``default`` and
+``digits`` modes say so, :data:`experiments.takd.HISTORY`).
 """
 
 import ml_collections
