@@ -165,25 +165,17 @@ def _check_tuned_run(config, results, name):
 
 
 @pytest.mark.long
-def test_takd_quick_tunes_on_validation(quick_config, check_results, results):
-  config = quick_config(takd_config, 'quick')
+@pytest.mark.parametrize('mode', ['quick', 'digits_quick'])
+def test_takd_quick_tunes_on_validation(quick_config, check_results, results, mode):
+  config = quick_config(takd_config, mode)
   config.seeds = (0, 1)  # two seeds: intervals and verdicts
   rows = takd.run(config)
-  check_results(results / 'takd_quick', takd.COLUMNS, rows,
+  check_results(results / f'takd_{mode}', takd.COLUMNS, rows,
                 ['takd_paths.png', 'kd_gain_vs_size.png'])
   assert all(set(takd.TUNED_COLUMNS) <= set(r) for r in rows)
-  _check_tuned_run(config, results, 'takd_quick')
-
-
-@pytest.mark.long
-def test_takd_digits_quick_tunes_on_validation(quick_config, check_results, results):
-  config = quick_config(takd_config, 'digits_quick')
-  config.seeds = (0, 1)  # two seeds: intervals and verdicts
-  rows = takd.run(config)
-  check_results(results / 'takd_digits_quick', takd.COLUMNS, rows,
-                ['takd_paths.png', 'kd_gain_vs_size.png'])
-  md = _check_tuned_run(config, results, 'takd_digits_quick')
-  assert 'scikit-learn digits (160 train / 40 test)' in md
-  # A real KD search: several learning rates and α values.
-  t = json.loads((results / 'takd_digits_quick' / 'setup.json').read_text())['facts']['tuning']
-  assert len(t['S: KD (direct from T; every link into S)']['grid']) == 6
+  md = _check_tuned_run(config, results, f'takd_{mode}')
+  if mode == 'digits_quick':
+    assert 'scikit-learn digits (160 train / 40 test)' in md
+    # A real KD search: several learning rates and α values.
+    t = json.loads((results / 'takd_digits_quick' / 'setup.json').read_text())['facts']['tuning']
+    assert len(t['S: KD (direct from T; every link into S)']['grid']) == 6
