@@ -379,7 +379,8 @@ def tuning_notes(config, facts: Mapping[str, Any]) -> str:
       'every setting of each objective\'s grid trained a generation 1 on the same examples, '
       'scored on validation. The best settings (ties: the first) were then trained on the full '
       'training split for every seed and evaluated on test once. '
-      + tuning.edge_note(facts['tuning']) + '\n\n' + tuning.tuning_lines(facts['tuning']))
+      + tuning.widened_note(t) + tuning.edge_note(facts['tuning']) + '\n\n'
+      + tuning.tuning_lines(facts['tuning']))
 
 
 def _searched(config, variant) -> bool:

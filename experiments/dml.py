@@ -491,19 +491,10 @@ def _tuning_notes(config, facts: Mapping[str, Any], extra: Sequence[str]) -> str
         f'other {facts["fit_size"]} with seed {t.seed}, and the one with the best mean peer '
         'validation accuracy (ties: the first) was then trained on the full training split '
         'for every seed and evaluated on test once (one learning rate for all peers of a '
-        'cohort). ' + _widened_note(t) + tuning.edge_note(facts['tuning'])
+        'cohort). ' + tuning.widened_note(t) + tuning.edge_note(facts['tuning'])
         + ' Validation accuracy (mean peer) per setting:\n\n'
         + tuning.tuning_lines(facts['tuning']) + '\n\n')
   return text
-
-
-def _widened_note(t) -> str:
-  """The sentence on a learning-rate grid widened after a first search ('' if not)."""
-  if not t.get('widened_from'):
-    return ''
-  return (f'The learning-rate grid was widened from '
-          f'({", ".join(f"{v:g}" for v in t.widened_from)}) after a first search whose '
-          'choices sat at its end (validation accuracies only, not test). ')
 
 
 def _method_slug(name: str) -> str:

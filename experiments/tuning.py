@@ -169,3 +169,22 @@ def edge_note(tuning_records: Mapping[str, Mapping[str, Any]]) -> str:
     return 'No choice searched over three or more values lies at an end of its grid.' + note
   return ('Chosen values at an end of their grid (a wider grid might move them): '
           + '; '.join(edges) + '.' + note)
+
+
+def widened_note(tuning_config: Mapping[str, Any]) -> str:
+  """The sentence on a learning-rate grid widened after a first search ('' if not).
+
+  Reads ``tuning_config['widened_from']``, the grid of the first search.
+
+  Examples:
+    >>> widened_note({'widened_from': (1e-3, 1e-2)})[:56]
+    'The learning-rate grid was widened from (0.001, 0.01) af'
+    >>> widened_note({})
+    ''
+  """
+  first = tuning_config.get('widened_from')
+  if not first:
+    return ''
+  return (f'The learning-rate grid was widened from ({", ".join(f"{v:g}" for v in first)}) '
+          'after a first search whose choices sat at its end (validation accuracies only, not '
+          'test). ')

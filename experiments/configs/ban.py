@@ -28,6 +28,10 @@ the generations room to improve. ``:digits_quick`` is its smoke run.
 Design changes after a run: the earlier runs of the default and digits modes
 used one fixed learning rate for every model and three seeds; they were
 replaced by this protocol (the grids below were set before any tuned run).
+The first tuned runs chose the top of the learning-rate grid, 3e-2, in 4 of
+the 5 searches (validation accuracies only); 1e-1 was then added to the grid
+of both modes (``c.tuning.widened_from``) and the runs repeated, restoring the
+complete runs of unchanged settings.
 """
 
 import ml_collections
@@ -65,7 +69,8 @@ def get_config(mode: str = 'default') -> ml_collections.ConfigDict:
   # alpha=0, tau=1: the teacher's output distribution alone (Furlanello et al. §3). An
   # objective listed in c.tuning.kd_grids searches its alpha and tau there instead.
   c.variants = (('ban', 0.0, 1.0), ('ban_kd', 0.1, 4.0))
-  c.tuning = _tuning()
+  c.tuning = _tuning(learning_rates=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+                     widened_from=(1e-3, 3e-3, 1e-2, 3e-2))
 
   if mode == 'quick':
     c.results = 'ban_quick'
