@@ -102,20 +102,27 @@ def _check_report(md, comparisons):
       ' → no significant difference') >= len(comparisons)
 
 
+def _run_tuned(module, config, check_results, results, plots):
+  """Runs a quick mode; checks its files and that every grid was searched on validation."""
+  rows = module.run(config)
+  out = results / config.results
+  records = check_results(out, module.COLUMNS, rows, plots)
+  facts = json.loads((out / 'setup.json').read_text())['facts']
+  assert facts['fit_size'] + facts['validation_size'] == facts['train_size'] == 160
+  grids = module.tuning_grids(config)
+  assert set(facts['tuning']) == set(grids)
+  for name, grid in grids.items():
+    _check_search(facts['tuning'][name], grid)
+  return config, rows, records, facts, out
+
+
 @pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['quick', 'digits_quick'])
 def test_eskd_quick_modes_tune_on_validation(mode, quick_config, check_results, results):
-  config = quick_config(eskd_config, mode)
-  rows = eskd.run(config)
-  out = results / config.results
-  records = check_results(out, eskd.COLUMNS, rows, ['kd_loss_vs_acc.png', 'kd_loss_curves.png'])
-  facts = json.loads((out / 'setup.json').read_text())['facts']
-  assert facts['fit_size'] + facts['validation_size'] == facts['train_size'] == 160
-  grids = eskd.tuning_grids(config)
-  assert set(facts['tuning']) == set(grids)
-  for name, grid in grids.items():
-    _check_search(facts['tuning'][name], grid)
+  config, _, records, facts, out = _run_tuned(
+      eskd, quick_config(eskd_config, mode), check_results, results,
+      ['kd_loss_vs_acc.png', 'kd_loss_curves.png'])
   chosen = eskd.chosen_settings(config, facts)
   assert sorted({r['seed'] for r in records}) == list(config.seeds)
   for r in records:  # every evaluation run used the setting chosen on validation
@@ -131,16 +138,9 @@ def test_eskd_quick_modes_tune_on_validation(mode, quick_config, check_results, 
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['quick', 'digits_quick'])
 def test_ban_quick_modes_tune_on_validation(mode, quick_config, check_results, results):
-  config = quick_config(ban_config, mode)
-  rows = ban.run(config)
-  out = results / config.results
-  records = check_results(out, ban.COLUMNS, rows, ['ban_generations.png'])
-  facts = json.loads((out / 'setup.json').read_text())['facts']
-  assert facts['fit_size'] + facts['validation_size'] == facts['train_size'] == 160
+  config, rows, records, facts, out = _run_tuned(
+      ban, quick_config(ban_config, mode), check_results, results, ['ban_generations.png'])
   grids = ban.tuning_grids(config)
-  assert set(facts['tuning']) == set(grids)
-  for name, grid in grids.items():
-    _check_search(facts['tuning'][name], grid)
   assert facts['tuning_runs'] >= sum(len(g) for g in grids.values())
   assert sorted({r['seed'] for r in records}) == list(config.seeds)
   md = (out / 'results.md').read_text()
