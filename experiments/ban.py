@@ -370,10 +370,8 @@ def tuning_notes(config, facts: Mapping[str, Any]) -> str:
   """The validation protocol, every grid with its validation accuracies, and the edge check."""
   t = config.tuning
   return (
-      'Hyperparameters were chosen on validation data, not test: '
-      f'`kdjax.data.validation_split(fraction={t.fraction:g}, seed={t.split_seed})` holds '
-      f'{facts["validation_size"]} of the {facts["train_size"]} training examples out '
-      f'(stratified by label). With seed {t.seed} (not an evaluation seed), every setting of '
+      tuning.split_sentence(t, facts)
+      + f'. With seed {t.seed} (not an evaluation seed), every setting of '
       f'the scratch grid below (fixed before the runs) trained the model on the other '
       f'{facts["fit_size"]}; the best on validation became the tuning generation 0, from which '
       'every setting of each objective\'s grid trained a generation 1 on the same examples, '

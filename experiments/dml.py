@@ -484,10 +484,8 @@ def _tuning_notes(config, facts: Mapping[str, Any], extra: Sequence[str]) -> str
   if config.get('tuning'):
     t = config.tuning
     text += (
-        f'Hyperparameters were chosen on validation data, not test: '
-        f'`kdjax.data.validation_split(fraction={t.fraction:g}, seed={t.split_seed})` holds '
-        f'{facts["validation_size"]} of the {facts["train_size"]} training examples out '
-        '(stratified by label); for every cohort and method each setting below trained on the '
+        tuning.split_sentence(t, facts)
+        + '; for every cohort and method each setting below trained on the '
         f'other {facts["fit_size"]} with seed {t.seed}, and the one with the best mean peer '
         'validation accuracy (ties: the first) was then trained on the full training split '
         'for every seed and evaluated on test once (one learning rate for all peers of a '

@@ -181,10 +181,8 @@ def tuning_notes(config, facts: Mapping[str, Any]) -> str:
   teachers = ', '.join(f'{n} {100 * a:.1f}%'
                        for n, a in facts['tuning_teacher_validation_accuracy'].items())
   return (
-      'Hyperparameters were chosen on validation data, not test: '
-      f'`kdjax.data.validation_split(fraction={t.fraction:g}, seed={t.split_seed})` holds '
-      f'{facts["validation_size"]} of the {facts["train_size"]} training examples out '
-      f'(stratified by label). With seed {t.seed} (not an evaluation seed), every teacher was '
+      tuning.split_sentence(t, facts)
+      + f'. With seed {t.seed} (not an evaluation seed), every teacher was '
       f'trained on the other {facts["fit_size"]} (validation accuracy: {teachers}); every '
       'setting of each grid below (fixed before the runs) trained the student on those '
       'examples (scratch, or with full KD from the final checkpoint of that teacher) and was '

@@ -640,10 +640,8 @@ def _tuning_text(config, facts) -> str:
                'search finished (no test run), and the grids were narrowed to the ones above '
                'for the runtime alone.')
   return (
-      'Hyperparameters were chosen on validation data, not test: '
-      f'`kdjax.data.validation_split(fraction={t.fraction:g}, seed={t.split_seed})` holds '
-      f'{facts["validation_size"]} of the {facts["train_size"]} training examples out '
-      '(stratified by label); for every model and training method each setting of its grid '
+      tuning.split_sentence(t, facts)
+      + '; for every model and training method each setting of its grid '
       f'(fixed before the runs) trained on the other {facts["fit_size"]} with seed {t.seed} '
       '(not an evaluation seed) and was scored by validation accuracy (NetAug: of the exported '
       'base); the best (ties: the first) was then trained on the full training split for every '

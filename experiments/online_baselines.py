@@ -71,10 +71,8 @@ def tuning_notes(config, facts: Mapping[str, Any], score: str) -> str:
   edge_note = (' **At the edge of the grid:** ' + '; '.join(edge) + ' (a wider grid might move '
                'these choices).' if edge else ' No choice lies at an end of its grid.')
   return (
-      'Hyperparameters were chosen on validation data, not test: '
-      f'`kdjax.data.validation_split(fraction={t.fraction:g}, seed={t.split_seed})` holds '
-      f'{facts["validation_size"]} of the {facts["train_size"]} training examples out '
-      '(stratified by label); for every method each setting of the grid below (fixed before '
+      tuning.split_sentence(t, facts)
+      + '; for every method each setting of the grid below (fixed before '
       f'the runs) trained on the other {facts["fit_size"]} with seed {t.seed} (not an '
       f'evaluation seed), scored by {score}; the best (ties: the first) was then trained on '
       'the full training split for every seed and evaluated on test once.' + edge_note

@@ -188,3 +188,22 @@ def widened_note(tuning_config: Mapping[str, Any]) -> str:
   return (f'The learning-rate grid was widened from ({", ".join(f"{v:g}" for v in first)}) '
           'after a first search whose choices sat at its end (validation accuracies only, not '
           'test). ')
+
+
+def split_sentence(tuning_config: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
+  """The report's opening clause on the validation split (no final punctuation).
+
+  Args:
+    tuning_config: the run's ``config.tuning`` (``fraction``, ``split_seed``).
+    facts: ``setup.json`` facts with ``validation_size`` and ``train_size``.
+
+  Examples:
+    >>> split_sentence({'fraction': 0.1, 'split_seed': 0},
+    ...                {'validation_size': 40, 'train_size': 400}).split('` holds ')[1]
+    '40 of the 400 training examples out (stratified by label)'
+  """
+  t = tuning_config
+  return ('Hyperparameters were chosen on validation data, not test: '
+          f'`kdjax.data.validation_split(fraction={t["fraction"]:g}, seed={t["split_seed"]})` '
+          f'holds {facts["validation_size"]} of the {facts["train_size"]} training examples '
+          'out (stratified by label)')
